@@ -1,0 +1,81 @@
+"""Error metrics and outcome categories for one implementation's output against the oracle."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from harness.formats import bit_pattern, format_of, ulp_distance
+from harness.oracle import OracleValue
+
+__all__ = ["FAILURE_OUTCOMES", "OUTCOMES", "measure"]
+
+# Outcome categories, from best to worst. Numeric outcomes compare a returned value
+# with the oracle; the last ones say the implementation gave no value to compare.
+OUTCOMES: tuple[str, ...] = (
+    "exact",  # equal to the correctly rounded loss (NaN for NaN, inf for inf)
+    "finite_error",  # finite, and off by at least one ULP
+    "uncertified",  # the oracle could not decide the rounding within its cap: not graded
+    "missing_nonfinite",  # the oracle is inf or NaN, the output is finite
+    "spurious_inf",  # the output is infinite where the oracle is not
+    "spurious_nan",  # the output is NaN where the oracle is not
+    "raised",  # the implementation raised an exception
+    "bad_output",  # not a tensor, or the wrong shape
+)
+FAILURE_OUTCOMES = frozenset(OUTCOMES[3:])
+_SEVERITY = {name: rank for rank, name in enumerate(OUTCOMES)}
+
+
+def _outcomes(out: np.ndarray, ref: np.ndarray, ulps: np.ndarray, certified: np.ndarray) -> np.ndarray:
+    out_nan, ref_nan = np.isnan(out), np.isnan(ref)
+    out_inf, ref_inf = np.isinf(out), np.isinf(ref)
+    return np.select(
+        [
+            ~certified,
+            ulps == 0,
+            out_nan,
+            out_inf,
+            ref_nan | ref_inf,
+        ],
+        ["uncertified", "exact", "spurious_nan", "spurious_inf", "missing_nonfinite"],
+        default="finite_error",
+    )
+
+
+def measure(output: torch.Tensor, oracle: Sequence[OracleValue], dtype: torch.dtype) -> dict:
+    """Metrics of the worst sample of ``output`` (shape (N,) or a scalar) against ``oracle``.
+
+    ``dtype`` is the case's dtype; ULPs are counted there. Returns a flat dict:
+    output, output_bits, oracle, exact, abs_error, rel_error, ulps, bits, outcome, sample.
+    """
+    fmt = format_of(dtype)
+    computed = output.detach().cpu().reshape(-1).to(fmt.dtype)
+    reference = torch.tensor([v.value for v in oracle], dtype=torch.float64).to(fmt.dtype)
+    exact = np.array([v.exact for v in oracle], dtype=np.float64)
+    certified = np.array([v.certified for v in oracle], dtype=bool)
+    ulps = ulp_distance(computed, reference)
+    out = computed.to(torch.float64).numpy()
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        same_special = (np.isnan(out) & np.isnan(exact)) | (np.isinf(out) & (out == exact))
+        abs_error = np.where(same_special, 0.0, np.abs(out - exact))
+        abs_error = np.where(np.isnan(abs_error), math.inf, abs_error)
+        rel_error = np.where(abs_error == 0, 0.0, abs_error / np.abs(exact))
+        rel_error = np.where(np.isnan(rel_error), math.inf, rel_error)
+    outcomes = _outcomes(out, reference.to(torch.float64).numpy(), ulps, certified)
+    severity = np.array([_SEVERITY[o] for o in outcomes])
+    worst = int(np.lexsort((ulps, severity))[-1])
+    return {
+        "sample": worst,
+        "output_bits": bit_pattern(computed[worst]),
+        "output": float(out[worst]),
+        "oracle": float(reference[worst]),
+        "exact": float(exact[worst]),
+        "abs_error": float(abs_error[worst]),
+        "rel_error": float(rel_error[worst]),
+        "ulps": float(ulps[worst]),
+        "bits": float(np.log2(1.0 + ulps[worst])),
+        "outcome": str(outcomes[worst]),
+    }

@@ -1,0 +1,264 @@
+"""Certified high-precision oracle for softmax cross entropy.
+
+For one row x with target t, loss = (m - x_t) + log1p(s), where m = max x (taken at
+one index k) and s = sum over j != k of exp(x_j - m). The oracle computes a rigorous
+enclosure [lo, hi] of the exact loss with mpmath at working precision P, rounds both
+ends to the requested format, and accepts the result only when they agree. Otherwise
+P doubles, up to a cap; a row still undecided there is returned as *uncertified*
+(with a best estimate), never dropped.
+
+Why the enclosure is rigorous:
+- inputs are exact (every graded format embeds in float64, and mpmath takes floats
+  exactly); m - x_t and x_j - m are computed exactly;
+- each exp is taken rounded toward -inf at P bits and then widened by one ulp down and
+  two up, which covers mpmath's documented accuracy with room to spare;
+- the sum is exact integer arithmetic in fixed point, truncation counted on each side;
+- terms with x_j - m < -0.7 K (so exp < 2**-K) are not evaluated but bounded by
+  2**-K each and added to the upper end;
+- log1p is bracketed by directed-rounding logs widened by an ulp, or, for tiny s, by
+  s - s**2/2 <= log1p(s) <= s.
+
+Special values (documented in README.md):
+- NaN anywhere in the row, or +inf at the target: NaN;
+- +inf at a non-target position: +inf (the limit of the loss);
+- -inf at non-target positions: masked, they contribute nothing;
+- target at -inf with some logit finite: +inf; every logit -inf: NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import mpmath.libmp as mp
+import torch
+
+from harness.formats import Format, format_of, round_scaled
+
+__all__ = ["OracleValue", "cross_entropy", "evaluate", "row_loss"]
+
+START_GUARD_BITS = 40
+MAX_PRECISION = 4096
+_LOG2E = 1.4426950408889634
+
+
+@dataclass(frozen=True)
+class OracleValue:
+    """The exact loss rounded to a format, plus how it was decided."""
+
+    value: float  # correctly rounded to the format (nan/inf allowed); a best estimate if not certified
+    exact: float  # the exact loss rounded to float64 (nan/inf allowed)
+    certified: bool
+    precision: int  # working bits that decided it (0 for special values)
+    method: str  # "special", "exact" or "mpmath"
+
+
+@dataclass(frozen=True)
+class _Enclosure:
+    lo: tuple  # mpf
+    hi: tuple  # mpf
+    sticky_lo: bool  # the exact value is strictly above lo
+
+
+def _special(row: Sequence[float], target: int) -> float | None:
+    """The loss when the row has NaN or infinities that decide it, else None."""
+    xt = row[target]
+    if any(math.isnan(v) for v in row) or xt == math.inf:
+        return math.nan
+    if any(v == math.inf for v in row):
+        return math.inf
+    if xt == -math.inf:
+        return math.inf if any(v != -math.inf for v in row) else math.nan
+    return None
+
+
+def _round_mpf(x: tuple, fmt: Format, *, sticky: bool = False) -> float:
+    sign, man, exp, _ = x
+    if sign:
+        raise AssertionError("cross entropy enclosures are non-negative")
+    return round_scaled(man, exp, fmt, sticky=sticky)
+
+
+def _widen(x: tuple, down: int, up: int) -> tuple[tuple, tuple]:
+    """Bracket a positive mpf by moving its last bit `down` and `up` units."""
+    _, man, exp, _ = x
+    return mp.from_man_exp(max(man - down, 0), exp), mp.from_man_exp(man + up, exp)
+
+
+def _log1p_bounds(s_lo: tuple, s_hi: tuple, prec: int) -> tuple[tuple, tuple]:
+    if s_hi == mp.fzero:
+        return mp.fzero, mp.fzero
+    if mp.mpf_lt(s_hi, mp.from_man_exp(1, -prec)):
+        # s - s^2/2 <= log1p(s) <= s for s >= 0
+        half_sq = mp.mpf_mul(mp.mpf_mul(s_lo, s_lo, prec, mp.round_ceiling), mp.from_man_exp(1, -1))
+        return mp.mpf_sub(s_lo, half_sq, prec, mp.round_floor), s_hi
+    magnitude = s_lo[2] + s_lo[3] if s_lo != mp.fzero else -prec
+    work = prec + max(0, -magnitude) + 10
+    t_lo = mp.mpf_add(mp.fone, s_lo, work, mp.round_floor)
+    t_hi = mp.mpf_add(mp.fone, s_hi, work, mp.round_ceiling)
+    lo = _widen(mp.mpf_log(t_lo, work, mp.round_floor), 1, 1)[0] if t_lo != mp.fone else mp.fzero
+    hi = _widen(mp.mpf_log(t_hi, work, mp.round_ceiling), 1, 1)[1]
+    return (lo if not lo[0] else mp.fzero), hi
+
+
+def _enclose(row: Sequence[float], target: int, fmt: Format, prec: int) -> _Enclosure:
+    """Rigorous enclosure of the loss of a row with no +inf/NaN and a finite target."""
+    finite = [mp.from_float(v) for v in row if v != -math.inf]
+    m = max(finite, key=lambda v: mp.to_float(v))  # to_float is exact on these inputs
+    a = mp.mpf_sub(m, mp.from_float(row[target]), 0)  # exact (prec 0)
+    others = list(finite)
+    others.remove(m)
+    if not others:
+        return _Enclosure(a, a, False)
+    diffs = [mp.mpf_sub(v, m, 0) for v in others]
+    largest = max(mp.to_float(d) for d in diffs)
+    # Bits of the sum needed: enough below the loss's own size (or below the format's
+    # finest grid, past which nothing changes the rounding). Rigour does not depend
+    # on this choice, only whether the enclosure is tight enough to decide.
+    a_mag = a[2] + a[3] if a != mp.fzero else -math.inf
+    loss_mag = max(a_mag, min(largest * _LOG2E, 0.0) - 1.0, fmt.quantum_exponent - 2)
+    k_bits = max(int(prec + math.log2(len(finite)) + 4 - loss_mag), 16)
+    fixed = k_bits + 8  # fixed-point scale: units of 2**-fixed
+    cutoff = -0.71 * k_bits - 1.0
+    s_lo = s_hi = 0
+    for d in diffs:
+        df = mp.to_float(d)
+        if df == 0.0:
+            s_lo += 1 << fixed
+            s_hi += 1 << fixed
+        elif df < cutoff:  # exp(d) < 2**-k_bits = 2**8 units
+            s_hi += 1 << 8
+        else:
+            _, man, exp, _ = mp.mpf_exp(d, prec, mp.round_floor)
+            shift = exp + fixed
+            if shift >= 0:
+                s_lo += (man - 1) << shift
+                s_hi += (man + 2) << shift
+            else:
+                s_lo += (man - 1) >> -shift
+                s_hi += ((man + 2) >> -shift) + 1
+    s_lo_f = mp.from_man_exp(max(s_lo, 0), -fixed)
+    s_hi_f = mp.from_man_exp(s_hi, -fixed)
+    l_lo, l_hi = _log1p_bounds(s_lo_f, s_hi_f, prec)
+    lo = mp.mpf_add(a, l_lo, prec, mp.round_floor)
+    hi = mp.mpf_add(a, l_hi, prec, mp.round_ceiling)
+    # Some finite term is always present here, so the loss is strictly above a.
+    return _Enclosure(lo, hi, sticky_lo=lo == a or l_lo == mp.fzero)
+
+
+def _start_precision(fmt: Format, start_precision: int | None) -> int:
+    # At least 53 bits: `exact` is a float64 approximation too.
+    return start_precision or max(fmt.precision, 53) + START_GUARD_BITS
+
+
+def row_loss(row: Sequence[float], target: int, fmt: Format, start_precision: int | None = None) -> OracleValue:
+    """Correctly rounded cross entropy of one row of exact float values.
+
+    ``start_precision`` (bits) overrides the first working precision; self-checks use
+    it to recompute a value from a much higher starting point.
+    """
+    special = _special(row, target)
+    if special is not None:
+        return OracleValue(special, special, True, 0, "special")
+    prec = _start_precision(fmt, start_precision)
+    f64 = format_of(torch.float64)
+    while True:
+        enc = _enclose(row, target, fmt, prec)
+        lo = _round_mpf(enc.lo, fmt, sticky=enc.sticky_lo)
+        hi = _round_mpf(enc.hi, fmt)
+        exact_lo = _round_mpf(enc.lo, f64, sticky=enc.sticky_lo)
+        if lo == hi:
+            method = "exact" if enc.lo == enc.hi else "mpmath"
+            return OracleValue(lo, exact_lo, True, prec, method)
+        if prec >= MAX_PRECISION:
+            return OracleValue(lo, exact_lo, False, prec, "mpmath")
+        prec *= 2
+
+
+def _validated(logits: torch.Tensor, targets: torch.Tensor) -> tuple[list[list[float]], list[int]]:
+    if logits.ndim != 2:
+        raise ValueError(f"logits must have shape (N, C), got {tuple(logits.shape)}")
+    if targets.shape != (logits.shape[0],):
+        raise ValueError(f"targets must have shape ({logits.shape[0]},), got {tuple(targets.shape)}")
+    if targets.dtype.is_floating_point or targets.dtype == torch.bool:
+        raise ValueError(f"targets must be integers, got {targets.dtype}")
+    n_classes = logits.shape[1]
+    target_list = [int(t) for t in targets.tolist()]
+    bad = [t for t in target_list if not 0 <= t < n_classes]
+    if bad:
+        raise ValueError(f"target {bad[0]} out of range for {n_classes} classes")
+    format_of(logits.dtype)  # rejects dtypes the harness does not grade
+    return logits.detach().cpu().to(torch.float64).tolist(), target_list
+
+
+def evaluate(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    dtype: torch.dtype | None = None,
+    start_precision: int | None = None,
+) -> list[OracleValue]:
+    """Per-sample oracle values with their certification, rounded to dtype (default: the logits')."""
+    rows, target_list = _validated(logits, targets)
+    fmt = format_of(dtype or logits.dtype)
+    return [row_loss(row, t, fmt, start_precision) for row, t in zip(rows, target_list)]
+
+
+def cross_entropy(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    dtype: torch.dtype = torch.float64,
+    reduction: Literal["none", "mean"] = "none",
+) -> torch.Tensor:
+    """Per-sample cross entropy correctly rounded to ``dtype`` (uncertified rows raise).
+
+    With reduction="mean", the mean of the exact per-sample losses, correctly rounded.
+    """
+    if reduction == "none":
+        values = evaluate(logits, targets, dtype)
+        uncertified = [i for i, v in enumerate(values) if not v.certified]
+        if uncertified:
+            raise ArithmeticError(f"oracle could not certify rows {uncertified} within {MAX_PRECISION} bits")
+        return torch.tensor([v.value for v in values], dtype=torch.float64).to(dtype)
+    if reduction == "mean":
+        value = mean_loss(logits, targets, dtype)
+        if not value.certified:
+            raise ArithmeticError(f"oracle could not certify the mean within {MAX_PRECISION} bits")
+        return torch.tensor(value.value, dtype=torch.float64).to(dtype)
+    raise ValueError(f"reduction must be 'none' or 'mean', got {reduction!r}")
+
+
+def mean_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    dtype: torch.dtype | None = None,
+    start_precision: int | None = None,
+) -> OracleValue:
+    """Oracle value of the mean over samples, correctly rounded to dtype (default: the logits')."""
+    rows, target_list = _validated(logits, targets)
+    fmt = format_of(dtype or logits.dtype)
+    if not rows:
+        return OracleValue(math.nan, math.nan, True, 0, "special")
+    specials = [_special(row, t) for row, t in zip(rows, target_list)]
+    if any(s is not None for s in specials):
+        value = math.fsum(s for s in specials if s is not None)  # nan beats inf, inf + inf = inf
+        return OracleValue(value, value, True, 0, "special")
+    n = len(rows)
+    prec = _start_precision(fmt, start_precision)
+    f64 = format_of(torch.float64)
+    while True:
+        encs = [_enclose(row, t, fmt, prec) for row, t in zip(rows, target_list)]
+        total_lo = total_hi = mp.fzero
+        for enc in encs:
+            total_lo = mp.mpf_add(total_lo, enc.lo, prec, mp.round_floor)
+            total_hi = mp.mpf_add(total_hi, enc.hi, prec, mp.round_ceiling)
+        mean_lo = mp.mpf_div(total_lo, mp.from_int(n), prec, mp.round_floor)
+        mean_hi = mp.mpf_div(total_hi, mp.from_int(n), prec, mp.round_ceiling)
+        lo, hi = _round_mpf(mean_lo, fmt), _round_mpf(mean_hi, fmt)
+        exact = _round_mpf(mean_lo, f64)
+        if lo == hi:
+            return OracleValue(lo, exact, True, prec, "mpmath")
+        if prec >= MAX_PRECISION:
+            return OracleValue(lo, exact, False, prec, "mpmath")
+        prec *= 2

@@ -1,0 +1,78 @@
+"""Declarative registry of cross-entropy implementations (in the spirit of PyTorch's OpInfo).
+
+Each implementation is declared once: a name, a callable ``fn(logits, targets)``, the
+dtypes it supports and where it came from. The CLI, the runner, reports and tests all
+read this registry instead of naming implementations themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from harness.formats import FORMATS
+
+__all__ = ["ALL_DTYPES", "REGISTRY", "Implementation", "Registry"]
+
+ALL_DTYPES: tuple[torch.dtype, ...] = tuple(f.dtype for f in FORMATS.values())
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Implementation:
+    """One cross-entropy implementation under test."""
+
+    name: str
+    fn: LossFn = field(repr=False)
+    dtypes: tuple[torch.dtype, ...] = ALL_DTYPES
+    source: str = "built-in"  # "built-in", "module:function" or "file.py:function"
+    description: str = ""
+
+    def supports(self, dtype: torch.dtype) -> bool:
+        return dtype in self.dtypes
+
+
+class Registry:
+    """Name → Implementation, in declaration order."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, Implementation] = {}
+
+    def register(self, impl: Implementation) -> Implementation:
+        if impl.name in self._items:
+            raise ValueError(f"implementation {impl.name!r} is already registered")
+        self._items[impl.name] = impl
+        return impl
+
+    def declare(self, name: str, *, dtypes: tuple[torch.dtype, ...] = ALL_DTYPES, description: str = ""):
+        """Decorator form of register() for a function defined in place."""
+
+        def wrap(fn: LossFn) -> LossFn:
+            self.register(Implementation(name, fn, dtypes, "built-in", description))
+            return fn
+
+        return wrap
+
+    def get(self, name: str) -> Implementation:
+        try:
+            return self._items[name]
+        except KeyError:
+            raise KeyError(f"unknown implementation {name!r}; built-in: {', '.join(self._items)}") from None
+
+    def names(self) -> list[str]:
+        return list(self._items)
+
+    def __iter__(self) -> Iterator[Implementation]:
+        return iter(self._items.values())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+REGISTRY = Registry()

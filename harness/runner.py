@@ -1,0 +1,126 @@
+"""Run implementations on a case and turn each result into one record (a flat dict).
+
+Records are the only thing reports read. A misbehaving implementation becomes an
+outcome in its record; it never stops the run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+
+import torch
+
+from harness import oracle
+from harness.metrics import measure
+from harness.registry import Implementation
+from strategies import Case
+
+__all__ = ["RECORD_COLUMNS", "run_case"]
+
+RECORD_COLUMNS = (
+    "case_id", "regime", "dtype", "n_samples", "n_classes", "max_abs_logit", "spread",
+    "impl", "reduction", "sample", "output", "output_bits", "oracle", "exact", "abs_error", "rel_error",
+    "ulps", "bits", "outcome", "oracle_certified", "oracle_precision", "oracle_method",
+    "message", "impl_seconds", "oracle_seconds",
+)  # fmt: skip
+
+
+def _logit_stats(case: Case) -> dict:
+    finite = case.logits.to(torch.float64)
+    finite = finite[torch.isfinite(finite)]
+    if finite.numel() == 0:
+        return {"max_abs_logit": math.nan, "spread": math.nan}
+    return {"max_abs_logit": finite.abs().max().item(), "spread": (finite.max() - finite.min()).item()}
+
+
+class _LazyOracle:
+    """Per-sample and mean oracle values for a case, each computed once, on first use."""
+
+    def __init__(self, case: Case) -> None:
+        self.case = case
+        self.seconds = 0.0
+        self._per_sample: list[oracle.OracleValue] | None = None
+        self._mean: oracle.OracleValue | None = None
+
+    def _timed(self, compute):
+        start = time.perf_counter()
+        try:
+            return compute()
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def per_sample(self) -> list[oracle.OracleValue]:
+        if self._per_sample is None:
+            self._per_sample = self._timed(lambda: oracle.evaluate(self.case.logits, self.case.targets))
+        return self._per_sample
+
+    def mean(self) -> oracle.OracleValue:
+        if self._mean is None:
+            self._mean = self._timed(lambda: oracle.mean_loss(self.case.logits, self.case.targets))
+        return self._mean
+
+
+def _failure(outcome: str, message: str) -> dict:
+    nan = math.nan
+    return {
+        "sample": -1, "output": nan, "output_bits": "", "oracle": nan, "exact": nan, "abs_error": math.inf,
+        "rel_error": math.inf, "ulps": nan, "bits": nan, "outcome": outcome, "message": message,
+    }  # fmt: skip
+
+
+def _call(impl: Implementation, case: Case) -> tuple[torch.Tensor | None, str, float]:
+    """Run the implementation on copies of the inputs; (output, error message, seconds)."""
+    logits, targets = case.logits.clone(), case.targets.clone()
+    start = time.perf_counter()
+    try:
+        output = impl.fn(logits, targets)
+    except Exception as exc:
+        return None, f"{type(exc).__name__}: {exc}", time.perf_counter() - start
+    return output, "", time.perf_counter() - start
+
+
+def run_case(case: Case, implementations: Iterable[Implementation]) -> list[dict]:
+    """One record per implementation that supports the case's dtype."""
+    lazy = _LazyOracle(case)
+    shared = {
+        "case_id": case.case_id, "regime": case.regime, "dtype": case.format.name,
+        "n_samples": int(case.logits.shape[0]), "n_classes": case.n_classes, **_logit_stats(case),
+    }  # fmt: skip
+    records = []
+    for impl in implementations:
+        if not impl.supports(case.dtype):
+            continue
+        output, message, seconds = _call(impl, case)
+        reduction = "none"
+        if output is None:
+            metrics = _failure("raised", message)
+        elif not isinstance(output, torch.Tensor):
+            metrics = _failure("bad_output", f"returned {type(output).__name__}, not a tensor")
+        elif output.ndim == 0 or (output.shape == (1,) and case.logits.shape[0] != 1):
+            reduction = "mean"
+            metrics = measure(output, [lazy.mean()], case.dtype)
+        elif tuple(output.shape) != (case.logits.shape[0],):
+            metrics = _failure(
+                "bad_output", f"returned shape {tuple(output.shape)}, expected ({case.logits.shape[0]},) or ()"
+            )
+        else:
+            metrics = measure(output, lazy.per_sample(), case.dtype)
+        used = lazy.per_sample() if reduction == "none" else [lazy.mean()]
+        worst = used[max(metrics["sample"], 0)]
+        records.append(
+            {
+                **shared,
+                "impl": impl.name,
+                "reduction": reduction,
+                "message": "",
+                **metrics,
+                "oracle_certified": all(v.certified for v in used),
+                "oracle_precision": worst.precision,
+                "oracle_method": worst.method,
+                "impl_seconds": seconds,
+                "oracle_seconds": lazy.seconds,
+            }
+        )
+    return records

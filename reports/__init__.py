@@ -1,0 +1,1 @@
+"""Statistics and report files built from per-case records."""

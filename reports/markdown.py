@@ -1,0 +1,50 @@
+"""Markdown rendering of an audit's statistics."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+__all__ = ["render_summary"]
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "–"
+        if value.is_integer() and abs(value) < 1e15:
+            return str(int(value))
+        return f"{value:.3g}"
+    return str(value)
+
+
+def _table(frame: pd.DataFrame) -> str:
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    rows = ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *rows])
+
+
+def render_summary(headline: pd.DataFrame, summary: pd.DataFrame, manifest: dict) -> str:
+    """A Markdown page: run line, the per-(impl, dtype) headline, the full per-regime table."""
+    head = headline.assign(exact_share=headline["exact_share"].map(lambda s: f"{100 * s:.0f}%"))
+    nonzero = [c for c in summary.columns if not (summary[c].dtype.kind in "iu" and summary[c].eq(0).all())]
+    lines = [
+        f"# Cross-entropy audit{' (PARTIAL)' if manifest.get('status') != 'complete' else ''}",
+        "",
+        f"`{manifest['command']}` — seed {manifest['seed']}, {manifest['cases']} cases, "
+        f"{manifest['records']} records, {manifest['seconds']:.1f} s",
+        "",
+        "## Per implementation and dtype",
+        "",
+        "ULP columns count only finite comparisons; non-finite failures are spurious inf/NaN or a missing inf/NaN.",
+        "",
+        _table(head),
+        "",
+        "## Per implementation, dtype and regime",
+        "",
+        _table(summary[nonzero]),
+        "",
+    ]
+    return "\n".join(lines)

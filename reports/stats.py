@@ -1,0 +1,62 @@
+"""Statistics over records: every number here is a pandas group-by."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from harness.metrics import FAILURE_OUTCOMES, OUTCOMES
+
+__all__ = ["GROUP", "headline", "summarize", "worst_cases"]
+
+GROUP = ["impl", "dtype", "regime"]
+_NONFINITE_FAILURES = ["spurious_inf", "spurious_nan", "missing_nonfinite"]
+
+
+def _with_severity(records: pd.DataFrame) -> pd.DataFrame:
+    severity = records["outcome"].map({name: rank for rank, name in enumerate(OUTCOMES)})
+    return records.assign(severity=severity, ulps_rank=records["ulps"].fillna(float("inf")))
+
+
+def worst_cases(records: pd.DataFrame, by: list[str] = GROUP) -> pd.DataFrame:
+    """The single worst record per group: highest outcome severity, then most ULPs."""
+    ranked = _with_severity(records).sort_values(["severity", "ulps_rank", "case_id"], kind="stable")
+    return ranked.groupby(by, sort=True).tail(1).set_index(by).sort_index()
+
+
+def _p99(values: pd.Series) -> float:
+    return values.quantile(0.99)
+
+
+def summarize(records: pd.DataFrame, by: list[str] = GROUP) -> pd.DataFrame:
+    """Per group: count, ULP statistics, max relative error, outcome counts, worst case id."""
+    grouped = records.groupby(by, sort=True)
+    stats = grouped.agg(
+        cases=("case_id", "size"),
+        max_ulps=("ulps", "max"),
+        mean_ulps=("ulps", "mean"),
+        median_ulps=("ulps", "median"),
+        p99_ulps=("ulps", _p99),
+        max_rel_error=("rel_error", "max"),
+    )
+    counts = pd.crosstab([records[c] for c in by], records["outcome"]).reindex(columns=list(OUTCOMES), fill_value=0)
+    worst = worst_cases(records, by)["case_id"].rename("worst_case")
+    return stats.join(counts).join(worst).reset_index()
+
+
+def headline(records: pd.DataFrame) -> pd.DataFrame:
+    """Per (impl, dtype): share exact, non-finite failures, other failures, median and max ULPs."""
+    flags = records.assign(
+        exact=records["outcome"].eq("exact"),
+        nonfinite_failures=records["outcome"].isin(_NONFINITE_FAILURES),
+        other_failures=records["outcome"].isin(FAILURE_OUTCOMES - set(_NONFINITE_FAILURES)),
+        finite_ulps=records["ulps"].where(records["outcome"].isin(["exact", "finite_error"])),
+    )
+    table = flags.groupby(["impl", "dtype"], sort=True).agg(
+        cases=("case_id", "size"),
+        exact_share=("exact", "mean"),
+        nonfinite_failures=("nonfinite_failures", "sum"),
+        other_failures=("other_failures", "sum"),
+        median_ulps=("finite_ulps", "median"),
+        max_finite_ulps=("finite_ulps", "max"),
+    )
+    return table.reset_index()

@@ -1,0 +1,139 @@
+"""The Case noun and the top-level ``cases`` strategy."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
+
+from harness.formats import FORMATS, Format
+from strategies.floats import as_format
+from strategies.regimes import LARGE_VOCABULARIES, REGIMES, row_strategy
+
+__all__ = ["Case", "cases", "class_counts"]
+
+SMALL_CLASS_LIMIT = 64
+MID_VOCABULARIES = (1_024, 4_096)
+
+
+@dataclass(frozen=True, eq=False)
+class Case:
+    """Logits (N, C) in the case's dtype, int64 targets (N,), and the regime that made them."""
+
+    logits: torch.Tensor
+    targets: torch.Tensor
+    regime: str
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.logits.dtype
+
+    @property
+    def format(self) -> Format:
+        return as_format(self.logits.dtype)
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.logits.shape[1])
+
+    def _bit_bytes(self) -> bytes:
+        return self.logits.contiguous().view(self.format.int_dtype).numpy().tobytes()
+
+    @property
+    def case_id(self) -> str:
+        """Content hash: the same bits, dtype, shape and targets always give the same id."""
+        digest = hashlib.sha256()
+        digest.update(f"{self.format.name}{tuple(self.logits.shape)}".encode())
+        digest.update(self._bit_bytes())
+        digest.update(self.targets.numpy().tobytes())
+        return digest.hexdigest()[:12]
+
+    def to_json(self) -> dict:
+        """Exact, JSON-safe encoding: the logits' bit patterns (little-endian, base64)."""
+        return {
+            "case_id": self.case_id,
+            "regime": self.regime,
+            "dtype": self.format.name,
+            "shape": list(self.logits.shape),
+            "bits": base64.b64encode(self._bit_bytes()).decode("ascii"),
+            "targets": self.targets.tolist(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> Case:
+        fmt = as_format(data["dtype"])
+        raw = bytearray(base64.b64decode(data["bits"]))
+        bits = torch.frombuffer(raw, dtype=fmt.int_dtype).reshape(data["shape"])
+        case = cls(bits.view(fmt.dtype).clone(), torch.tensor(data["targets"], dtype=torch.int64), data["regime"])
+        if "case_id" in data and case.case_id != data["case_id"]:
+            raise ValueError(f"stored case {data['case_id']} does not match its bits")
+        return case
+
+
+def class_counts(regime: str, max_classes: int) -> st.SearchStrategy[int]:
+    """Class counts a regime is drawn at: small for most, vocabulary sizes for large_vocab."""
+    if regime == "large_vocab":
+        sizes = [c for c in MID_VOCABULARIES + LARGE_VOCABULARIES if c <= max_classes]
+        if not sizes:
+            raise InvalidArgument(f"large_vocab needs max_classes >= {MID_VOCABULARIES[0]}, got {max_classes}")
+        return st.sampled_from(sizes)
+    return st.integers(2, min(SMALL_CLASS_LIMIT, max_classes))
+
+
+@st.composite
+def _case(draw, formats: list[Format], regimes: list[str], max_classes: int, max_samples: int) -> Case:
+    fmt = draw(st.sampled_from(formats))
+    regime = draw(st.sampled_from(regimes))
+    n_classes = draw(class_counts(regime, max_classes))
+    n_samples = 1 if regime == "large_vocab" else draw(st.integers(1, max_samples))
+    rows = [draw(row_strategy(regime, fmt, n_classes)) for _ in range(n_samples)]
+    logits = torch.tensor([values for values, _ in rows], dtype=torch.float64).to(fmt.dtype)
+    targets = torch.tensor([target for _, target in rows], dtype=torch.int64)
+    return Case(logits, targets, regime)
+
+
+def cases(
+    dtype: torch.dtype | str | Iterable[torch.dtype | str] | None = None,
+    regimes: Iterable[str] | None = None,
+    max_classes: int = 32_768,
+    max_samples: int = 3,
+) -> st.SearchStrategy[Case]:
+    """Cases of extreme logits for cross entropy.
+
+    ``dtype``: one dtype or several (default: float16, bfloat16, float32, float64).
+    ``regimes``: names from strategies.REGIMES (default: all that fit ``max_classes``).
+    ``max_classes``: the largest class count drawn (large_vocab needs at least 1024).
+    ``max_samples``: the most rows per case (large_vocab rows come one per case).
+
+    >>> from hypothesis import given
+    >>> @given(cases(dtype="bfloat16", regimes=["huge", "ties"]))
+    ... def test_my_loss(case): ...
+    """
+    if dtype is None:
+        formats = list(FORMATS.values())
+    elif isinstance(dtype, (str, torch.dtype, Format)):
+        formats = [as_format(dtype)]
+    else:
+        formats = [as_format(d) for d in dtype]
+    if not formats:
+        raise InvalidArgument("dtype must name at least one dtype")
+    if not isinstance(max_classes, int) or max_classes < 2:
+        raise InvalidArgument(f"max_classes must be an integer >= 2, got {max_classes!r}")
+    if not isinstance(max_samples, int) or max_samples < 1:
+        raise InvalidArgument(f"max_samples must be an integer >= 1, got {max_samples!r}")
+    if regimes is None:
+        chosen = [r for r in REGIMES if r != "large_vocab" or max_classes >= MID_VOCABULARIES[0]]
+    else:
+        chosen = list(regimes)
+        unknown = [r for r in chosen if r not in REGIMES]
+        if unknown:
+            raise InvalidArgument(f"unknown regime {unknown[0]!r}; expected one of {', '.join(REGIMES)}")
+        if not chosen:
+            raise InvalidArgument("regimes must name at least one regime")
+        class_counts("large_vocab", max_classes) if "large_vocab" in chosen else None
+    return _case(formats, chosen, max_classes, max_samples)

@@ -1,0 +1,100 @@
+"""End to end: the CLI as a user runs it, reading back the files it wrote."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from harness.cli import main
+from reports.store import load_cases
+
+TINY = ["--examples", "2", "--max-classes", "64", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("audit")
+    assert main(["audit", *TINY, "--regime", "huge", "--regime", "moderate", "--out", str(out)]) == 0
+    return out
+
+
+def test_audit_writes_every_file(report):
+    for name in ("records.csv", "records.parquet", "summary.csv", "summary.md", "cases.jsonl", "manifest.json"):
+        assert (report / name).is_file(), name
+    manifest = json.loads((report / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["seed"] == 0
+    assert set(manifest["versions"]) >= {"python", "torch", "hypothesis", "mpmath"}
+
+
+def test_records_are_one_row_per_case_and_implementation(report):
+    records = pd.read_csv(report / "records.csv")
+    assert not records.duplicated(["case_id", "impl"]).any()
+    assert set(records["impl"]) == {"stable", "naive", "torch"}
+    assert set(records["dtype"]) == {"float16", "bfloat16", "float32", "float64"}
+    assert records.equals(pd.read_parquet(report / "records.parquet")) or len(records) == len(
+        pd.read_parquet(report / "records.parquet")
+    )
+    assert records["oracle_certified"].all()
+
+
+def test_summary_tells_the_overflow_story(report):
+    summary = pd.read_csv(report / "summary.csv")
+    huge = summary[summary["regime"] == "huge"].set_index(["impl", "dtype"])
+    nonfinite = huge[["spurious_inf", "spurious_nan"]].sum(axis=1)
+    for dtype in ("float16", "bfloat16", "float32", "float64"):
+        assert nonfinite[("naive", dtype)] > 0, dtype
+        assert nonfinite[("stable", dtype)] == 0 and nonfinite[("torch", dtype)] == 0, dtype
+    for column in ("cases", "max_ulps", "mean_ulps", "median_ulps", "p99_ulps", "max_rel_error", "worst_case"):
+        assert column in summary.columns
+    assert "# Cross-entropy audit" in (report / "summary.md").read_text()
+
+
+def test_worst_cases_are_stored_and_replay_bit_for_bit(report, capsys):
+    summary = pd.read_csv(report / "summary.csv")
+    stored = load_cases(report)
+    assert set(summary["worst_case"]) <= set(stored)
+    case_id = summary.set_index(["impl", "dtype", "regime"]).loc[("naive", "float16", "huge"), "worst_case"]
+    assert main(["replay", str(report), case_id]) == 0
+    shown = capsys.readouterr().out
+    assert shown.count("[same bits as recorded]") == 3 and "DIFFERS" not in shown
+
+
+def test_same_seed_same_records(report, tmp_path):
+    assert main(["audit", *TINY, "--regime", "huge", "--regime", "moderate", "--out", str(tmp_path)]) == 0
+    timing = ["impl_seconds", "oracle_seconds"]
+    first = pd.read_csv(report / "records.csv").drop(columns=timing)
+    second = pd.read_csv(tmp_path / "records.csv").drop(columns=timing)
+    pd.testing.assert_frame_equal(first, second)
+    assert (report / "summary.csv").read_text() == (tmp_path / "summary.csv").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["audit", "--dtype", "fp8"], "unknown dtype 'fp8'"),
+        (["audit", "--regime", "nope"], "unknown regime 'nope'"),
+        (["audit", "--examples", "0"], "positive integer"),
+        (["audit", "--impl", "no_such"], "unknown implementation 'no_such'"),
+        (["audit", "--impl", "nonexistent_module_xyz:fn"], "cannot load"),
+        (["replay", "/nonexistent/report", "abc"], "not a report folder"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_usage_errors_are_one_line_with_exit_2(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err
+
+
+def test_unwritable_output_folder(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["audit", *TINY, "--out", str(blocker / "sub")]) == 2
+    assert "cannot write" in capsys.readouterr().err
+
+
+def test_module_entry_point_runs():
+    done = subprocess.run([sys.executable, "-m", "harness", "audit", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "--examples" in done.stdout

@@ -1,0 +1,87 @@
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
+
+from harness.formats import FORMATS
+from strategies import REGIMES, Case, cases, format_values, near_values
+
+
+@pytest.mark.parametrize("regime", list(REGIMES))
+@pytest.mark.parametrize("dtype", list(FORMATS))
+def test_every_regime_is_reachable_in_every_dtype(regime, dtype):
+    seen = []
+
+    @settings(max_examples=3, database=None, suppress_health_check=list(HealthCheck), deadline=None)
+    @given(cases(dtype=dtype, regimes=[regime], max_classes=32_768))
+    def draw(case):
+        seen.append(case)
+
+    draw()
+    assert seen
+    for case in seen:
+        assert case.regime == regime and case.dtype == FORMATS[dtype].dtype
+        assert case.targets.dtype == torch.int64 and case.logits.ndim == 2
+        assert ((case.targets >= 0) & (case.targets < case.n_classes)).all()
+
+
+@settings(max_examples=50)
+@given(cases(max_classes=64))
+def test_case_round_trips_exactly(case):
+    again = Case.from_json(case.to_json())
+    assert again.case_id == case.case_id and again.regime == case.regime
+    assert torch.equal(again.logits.view(case.format.int_dtype), case.logits.view(case.format.int_dtype))
+
+
+def test_huge_regime_reaches_past_exp_overflow():
+    @settings(max_examples=30, database=None, deadline=None)
+    @given(cases(dtype="float32", regimes=["huge"]))
+    def draw(case):
+        assert case.logits.abs().max().item() >= 64.0
+
+    draw()
+
+
+@given(format_values("bfloat16", min_exponent=-3, max_exponent=2))
+def test_format_values_are_in_the_format_and_range(value):
+    assert torch.tensor(value).to(torch.bfloat16).item() == value
+    assert 2.0**-3 <= abs(value) < 2.0**3
+
+
+@given(near_values("float16", 11.09, max_ulps=2))
+def test_near_values_step_in_ulps(value):
+    assert abs(value - 11.09) <= 3 * 2.0**-7
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: cases(dtype="fp8"), "unknown dtype"),
+        (lambda: cases(regimes=["bogus"]), "unknown regime"),
+        (lambda: cases(regimes=[]), "at least one regime"),
+        (lambda: cases(max_classes=1), "max_classes"),
+        (lambda: cases(regimes=["large_vocab"], max_classes=100), "large_vocab needs"),
+        (lambda: format_values("float16", min_exponent=3, max_exponent=2), "min_exponent"),
+        (lambda: near_values("float16", math.inf), "not finite"),
+    ],
+)
+def test_bad_arguments_give_helpful_errors(make, message):
+    with pytest.raises(InvalidArgument, match=message):
+        make()
+
+
+def test_corrupt_case_is_detected():
+    case = Case(torch.zeros(1, 3), torch.tensor([0]), "moderate")
+    data = case.to_json()
+    data["targets"] = [1]
+    with pytest.raises(ValueError, match="does not match"):
+        Case.from_json(data)
+
+
+@given(st.data())
+def test_cases_accept_several_dtypes(data):
+    case = data.draw(cases(dtype=["float16", torch.float64], max_classes=16))
+    assert case.dtype in (torch.float16, torch.float64)
