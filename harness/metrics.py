@@ -10,6 +10,7 @@ import torch
 
 from harness.formats import bit_pattern, format_of, ulp_distance
 from harness.oracle import OracleValue
+from harness.verdicts import VERDICTS, Policy, judge
 
 __all__ = ["FAILURE_OUTCOMES", "OUTCOMES", "measure"]
 
@@ -45,11 +46,21 @@ def _outcomes(out: np.ndarray, ref: np.ndarray, ulps: np.ndarray, certified: np.
     )
 
 
-def measure(output: torch.Tensor, oracle: Sequence[OracleValue], dtype: torch.dtype) -> dict:
-    """Metrics of the worst sample of ``output`` (shape (N,) or a scalar) against ``oracle``.
+def measure(
+    output: torch.Tensor,
+    oracle: Sequence[OracleValue],
+    dtype: torch.dtype,
+    *,
+    allowed: np.ndarray | None = None,
+    special_input: np.ndarray | None = None,
+    policy: Policy = Policy(),
+) -> dict:
+    """Metrics and verdict of the worst sample of ``output`` (shape (N,) or a scalar) against ``oracle``.
 
-    ``dtype`` is the case's dtype; ULPs are counted there. Returns a flat dict:
-    output, output_bits, oracle, exact, abs_error, rel_error, ulps, bits, outcome, sample.
+    ``dtype`` is the case's dtype; ULPs are counted there. ``allowed`` is the stability
+    allowance per sample (default: infinite) and ``special_input`` flags rows holding
+    +inf or NaN. Returns a flat dict: output, output_bits, oracle, exact, abs_error,
+    rel_error, ulps, bits, outcome, verdict, allowance, allowance_ratio, sample.
     """
     fmt = format_of(dtype)
     computed = output.detach().cpu().reshape(-1).to(fmt.dtype)
@@ -65,8 +76,12 @@ def measure(output: torch.Tensor, oracle: Sequence[OracleValue], dtype: torch.dt
         rel_error = np.where(abs_error == 0, 0.0, abs_error / np.abs(exact))
         rel_error = np.where(np.isnan(rel_error), math.inf, rel_error)
     outcomes = _outcomes(out, reference.to(torch.float64).numpy(), ulps, certified)
+    allowed = np.full(len(out), math.inf) if allowed is None else np.broadcast_to(allowed, out.shape)
+    special_input = np.zeros(len(out), dtype=bool) if special_input is None else special_input
+    verdicts, ratio = judge(outcomes, ulps, abs_error, allowed, out, special_input, policy)
     severity = np.array([_SEVERITY[o] for o in outcomes])
-    worst = int(np.lexsort((ulps, severity))[-1])
+    verdict_rank = np.array([VERDICTS.index(v) for v in verdicts])
+    worst = int(np.lexsort((ulps, np.nan_to_num(ratio, posinf=1e300), severity, verdict_rank))[-1])
     return {
         "sample": worst,
         "output_bits": bit_pattern(computed[worst]),
@@ -78,4 +93,7 @@ def measure(output: torch.Tensor, oracle: Sequence[OracleValue], dtype: torch.dt
         "ulps": float(ulps[worst]),
         "bits": float(np.log2(1.0 + ulps[worst])),
         "outcome": str(outcomes[worst]),
+        "verdict": str(verdicts[worst]),
+        "allowance": float(allowed[worst]),
+        "allowance_ratio": float(ratio[worst]),
     }

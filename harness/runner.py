@@ -10,11 +10,13 @@ import math
 import time
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 
 from harness import oracle
 from harness.metrics import measure
 from harness.registry import Implementation
+from harness.verdicts import Policy, allowance
 from strategies import Case
 
 __all__ = ["RECORD_COLUMNS", "run_case"]
@@ -22,7 +24,7 @@ __all__ = ["RECORD_COLUMNS", "run_case"]
 RECORD_COLUMNS = (
     "case_id", "regime", "dtype", "n_samples", "n_classes", "max_abs_logit", "spread",
     "impl", "reduction", "sample", "output", "output_bits", "oracle", "exact", "abs_error", "rel_error",
-    "ulps", "bits", "outcome", "oracle_certified", "oracle_precision", "oracle_method",
+    "ulps", "bits", "outcome", "verdict", "allowance", "allowance_ratio", "oracle_certified", "oracle_precision", "oracle_method",
     "message", "impl_seconds", "oracle_seconds",
 )  # fmt: skip
 
@@ -67,6 +69,7 @@ def _failure(outcome: str, message: str) -> dict:
     return {
         "sample": -1, "output": nan, "output_bits": "", "oracle": nan, "exact": nan, "abs_error": math.inf,
         "rel_error": math.inf, "ulps": nan, "bits": nan, "outcome": outcome, "message": message,
+        "verdict": "unstable", "allowance": nan, "allowance_ratio": math.inf,
     }  # fmt: skip
 
 
@@ -81,9 +84,25 @@ def _call(impl: Implementation, case: Case) -> tuple[torch.Tensor | None, str, f
     return output, "", time.perf_counter() - start
 
 
-def run_case(case: Case, implementations: Iterable[Implementation]) -> list[dict]:
+def _special_rows(case: Case) -> np.ndarray:
+    """Rows holding +inf or NaN: no finite answer exists there."""
+    return (torch.isnan(case.logits) | torch.isposinf(case.logits)).any(dim=1).numpy()
+
+
+def _allowances(values: list[oracle.OracleValue], case: Case, mean: bool) -> np.ndarray:
+    exact = np.array([v.exact for v in values])
+    if not mean:
+        return allowance(exact, case.n_classes, case.format)
+    # the mean: the rows' allowances averaged, plus the rounding of an N-term sum
+    per_row = allowance(exact, case.n_classes, case.format).mean()
+    n = len(values)
+    return np.array([per_row + case.format.unit_roundoff * math.log2(max(n, 1) * 2) * np.abs(exact).mean()])
+
+
+def run_case(case: Case, implementations: Iterable[Implementation], policy: Policy = Policy()) -> list[dict]:
     """One record per implementation that supports the case's dtype."""
     lazy = _LazyOracle(case)
+    special = _special_rows(case)
     shared = {
         "case_id": case.case_id, "regime": case.regime, "dtype": case.format.name,
         "n_samples": int(case.logits.shape[0]), "n_classes": case.n_classes, **_logit_stats(case),
@@ -100,13 +119,19 @@ def run_case(case: Case, implementations: Iterable[Implementation]) -> list[dict
             metrics = _failure("bad_output", f"returned {type(output).__name__}, not a tensor")
         elif output.ndim == 0 or (output.shape == (1,) and case.logits.shape[0] != 1):
             reduction = "mean"
-            metrics = measure(output, [lazy.mean()], case.dtype)
+            mean_allowed = _allowances(lazy.per_sample(), case, mean=True)
+            metrics = measure(
+                output, [lazy.mean()], case.dtype, allowed=mean_allowed, special_input=special.any(keepdims=True),
+                policy=policy,
+            )  # fmt: skip
         elif tuple(output.shape) != (case.logits.shape[0],):
             metrics = _failure(
                 "bad_output", f"returned shape {tuple(output.shape)}, expected ({case.logits.shape[0]},) or ()"
             )
         else:
-            metrics = measure(output, lazy.per_sample(), case.dtype)
+            values = lazy.per_sample()
+            allowed = _allowances(values, case, mean=False)
+            metrics = measure(output, values, case.dtype, allowed=allowed, special_input=special, policy=policy)
         used = lazy.per_sample() if reduction == "none" else [lazy.mean()]
         worst = used[max(metrics["sample"], 0)]
         records.append(

@@ -179,3 +179,38 @@ def test_uncertified_rows_are_reported_not_dropped(monkeypatch):
 def test_bad_inputs_are_rejected(logits, targets, message):
     with pytest.raises(ValueError, match=message):
         oracle.evaluate(logits, targets)
+
+
+def _same(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+@settings(max_examples=2000, deadline=None)
+@given(cases(dtype=["float16", "bfloat16", "float32"], max_classes=64))
+def test_fast_tier_agrees_with_mpmath_only(case):
+    tiered = oracle.evaluate(case.logits, case.targets)
+    mpmath_only = oracle.evaluate(case.logits, case.targets, tiers=("mpmath",))
+    for a, b in zip(tiered, mpmath_only):
+        assert a.certified and b.certified and _same(a.value, b.value)
+    mean_a = oracle.mean_loss(case.logits, case.targets)
+    mean_b = oracle.mean_loss(case.logits, case.targets, tiers=("mpmath",))
+    assert _same(mean_a.value, mean_b.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_fast_tier_decides_most_rows_and_large_ones(dtype):
+    logits = (torch.randn(8, 50_257, generator=torch.Generator().manual_seed(3)) * 4).to(dtype)
+    targets = torch.arange(8) * 1000
+    tiered = oracle.evaluate(logits, targets)
+    assert sum(v.method == "float64" for v in tiered) >= 7
+    reference = oracle.evaluate(logits[:2], targets[:2], tiers=("mpmath",))
+    assert [v.value for v in tiered[:2]] == [v.value for v in reference]
+
+
+def test_fast_tier_never_decides_float64_or_specials():
+    logits = torch.tensor([[0.0, 1.0], [math.inf, 0.0]], dtype=torch.float64)
+    assert {v.method for v in oracle.evaluate(logits, torch.tensor([0, 1]))} <= {"mpmath", "special", "exact"}
+    logits32 = torch.tensor([[math.nan, 0.0], [-math.inf, 0.0]], dtype=torch.float32)
+    assert {v.method for v in oracle.evaluate(logits32, torch.tensor([0, 0]))} == {"special"}
+    with pytest.raises(ValueError, match="tiers"):
+        oracle.evaluate(logits, torch.tensor([0, 1]), tiers=("float64",))

@@ -1,0 +1,106 @@
+"""One deliberately buggy implementation per bug class `check` must flag.
+
+Each returns per-sample losses in the input dtype, as a plausible hand-written kernel would.
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+def _pick(log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return -log_probs[torch.arange(log_probs.shape[0]), targets]
+
+
+def no_max_shift(logits, targets):
+    probs = torch.exp(logits) / torch.exp(logits).sum(dim=1, keepdim=True)
+    return -torch.log(probs[torch.arange(logits.shape[0]), targets])
+
+
+def shift_by_mean(logits, targets):
+    shifted = logits - logits.mean(dim=1, keepdim=True)
+    return _pick(shifted - torch.log(torch.exp(shifted).sum(dim=1, keepdim=True)), targets)
+
+
+def shift_by_target(logits, targets):
+    shifted = logits - logits[torch.arange(logits.shape[0]), targets].unsqueeze(1)
+    return torch.log(torch.exp(shifted).sum(dim=1))
+
+
+def clamp_probability(logits, targets):
+    probs = torch.softmax(logits, dim=1).clamp(min=1e-7)
+    return -torch.log(probs[torch.arange(logits.shape[0]), targets])
+
+
+def epsilon_in_log(logits, targets):
+    probs = torch.softmax(logits, dim=1)
+    return -torch.log(probs[torch.arange(logits.shape[0]), targets] + 1e-8)
+
+
+def one_hot_product(logits, targets):
+    one_hot = F.one_hot(targets, logits.shape[1]).to(logits.dtype)
+    return -(one_hot * torch.log_softmax(logits, dim=1)).sum(dim=1)
+
+
+def low_precision_running_sum(logits, targets):
+    """Exponentials accumulated one class at a time in the input dtype."""
+    shifted = logits - logits.max(dim=1, keepdim=True).values
+    exps = torch.exp(shifted)
+    total = torch.zeros(logits.shape[0], dtype=logits.dtype)
+    for start in range(0, logits.shape[1], 8):  # 8-wide vector lanes, summed in order
+        for lane in exps[:, start : start + 8].unbind(dim=1):
+            total = total + lane
+    return torch.log(total) - shifted[torch.arange(logits.shape[0]), targets]
+
+
+def low_precision_tile_sums(logits, targets):
+    """Online softmax over tiles of 256 classes with the running max and sum in the input dtype."""
+    n = logits.shape[0]
+    running_max = torch.full((n,), float("-inf"), dtype=logits.dtype)
+    running_sum = torch.zeros(n, dtype=logits.dtype)
+    for tile in logits.split(256, dim=1):
+        new_max = torch.maximum(running_max, tile.max(dim=1).values)
+        scale = torch.exp(running_max - new_max).nan_to_num(0.0)
+        running_sum = running_sum * scale + torch.exp(tile - new_max.unsqueeze(1)).sum(dim=1)
+        running_max = new_max
+    return running_max + torch.log(running_sum) - logits[torch.arange(n), targets]
+
+
+def ties_dropped(logits, targets):
+    """log1p form that leaves out every entry tied with the maximum, not just one."""
+    top = logits.max(dim=1, keepdim=True).values
+    rest = torch.where(logits == top, torch.zeros_like(logits), torch.exp(logits - top))
+    lse = top.squeeze(1) + torch.log1p(rest.sum(dim=1))
+    return lse - logits[torch.arange(logits.shape[0]), targets]
+
+
+def silent_bfloat16(logits, targets):
+    return F.cross_entropy(logits.to(torch.bfloat16), targets, reduction="none").to(logits.dtype)
+
+
+def finite_mask_sentinel(logits, targets):
+    cleaned = logits.masked_fill(torch.isneginf(logits), -1e4)
+    return F.cross_entropy(cleaned, targets, reduction="none")
+
+
+def rounded_lse_then_subtract(logits, targets):
+    """pytorch#11752: log-sum-exp rounded to the input dtype before the target logit is subtracted."""
+    top = logits.max(dim=1).values
+    lse = top + torch.log(torch.exp(logits - top.unsqueeze(1)).sum(dim=1))
+    return lse - logits[torch.arange(logits.shape[0]), targets]
+
+
+# name → the dtypes where the bug bites (check must flag it there)
+BUG_CLASSES = {
+    "no_max_shift": ("float16", "bfloat16", "float32", "float64"),
+    "shift_by_mean": ("float16", "bfloat16", "float32", "float64"),
+    "shift_by_target": ("float16", "bfloat16", "float32", "float64"),
+    "clamp_probability": ("float16", "bfloat16", "float32", "float64"),
+    "epsilon_in_log": ("bfloat16", "float32", "float64"),
+    "one_hot_product": ("float16", "bfloat16", "float32", "float64"),
+    "low_precision_running_sum": ("float16", "bfloat16"),
+    "low_precision_tile_sums": ("float16", "bfloat16"),
+    "ties_dropped": ("float16", "bfloat16", "float32", "float64"),
+    "silent_bfloat16": ("float16", "float32", "float64"),
+    "finite_mask_sentinel": ("float16", "bfloat16", "float32", "float64"),
+    "rounded_lse_then_subtract": ("float16", "bfloat16", "float32", "float64"),
+}
