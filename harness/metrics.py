@@ -53,6 +53,7 @@ def measure(
     *,
     allowed: np.ndarray | None = None,
     special_input: np.ndarray | None = None,
+    accept_nonfinite: np.ndarray | None = None,
     policy: Policy = Policy(),
 ) -> dict:
     """Metrics and verdict of the worst sample of ``output`` (shape (N,) or a scalar) against ``oracle``.
@@ -78,7 +79,7 @@ def measure(
     outcomes = _outcomes(out, reference.to(torch.float64).numpy(), ulps, certified)
     allowed = np.full(len(out), math.inf) if allowed is None else np.broadcast_to(allowed, out.shape)
     special_input = np.zeros(len(out), dtype=bool) if special_input is None else special_input
-    verdicts, ratio = judge(outcomes, ulps, abs_error, allowed, out, special_input, policy)
+    verdicts, ratio = judge(outcomes, ulps, abs_error, allowed, out, special_input, policy, accept_nonfinite)
     severity = np.array([_SEVERITY[o] for o in outcomes])
     verdict_rank = np.array([VERDICTS.index(v) for v in verdicts])
     worst = int(np.lexsort((ulps, np.nan_to_num(ratio, posinf=1e300), severity, verdict_rank))[-1])

@@ -28,6 +28,7 @@ Special values (documented in README.md):
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -107,40 +108,43 @@ def _log1p_bounds(s_lo: tuple, s_hi: tuple, prec: int) -> tuple[tuple, tuple]:
 
 def _enclose(row: Sequence[float], target: int, fmt: Format, prec: int) -> _Enclosure:
     """Rigorous enclosure of the loss of a row with no +inf/NaN and a finite target."""
-    finite = [mp.from_float(v) for v in row if v != -math.inf]
-    m = max(finite, key=lambda v: mp.to_float(v))  # to_float is exact on these inputs
+    # Rows repeat values (flat backgrounds; a 16-bit format has at most 65,536 values),
+    # so each distinct value is converted and exponentiated once, then counted.
+    counts = Counter(v for v in row if v != -math.inf)
+    top = max(counts)
+    m = mp.from_float(top)
     a = mp.mpf_sub(m, mp.from_float(row[target]), 0)  # exact (prec 0)
-    others = list(finite)
-    others.remove(m)
+    counts[top] -= 1  # the maximum's own term is the 1 in log1p
+    others = {v: c for v, c in counts.items() if c}
     if not others:
         return _Enclosure(a, a, False)
-    diffs = [mp.mpf_sub(v, m, 0) for v in others]
-    largest = max(mp.to_float(d) for d in diffs)
+    diffs = {mp.mpf_sub(mp.from_float(v), m, 0): c for v, c in others.items()}
+    largest = max(others) - top  # a float estimate is enough here
+    n_finite = sum(counts.values()) + 1
     # Bits of the sum needed: enough below the loss's own size (or below the format's
     # finest grid, past which nothing changes the rounding). Rigour does not depend
     # on this choice, only whether the enclosure is tight enough to decide.
     a_mag = a[2] + a[3] if a != mp.fzero else -math.inf
     loss_mag = max(a_mag, min(largest * _LOG2E, 0.0) - 1.0, fmt.quantum_exponent - 2)
-    k_bits = max(int(prec + math.log2(len(finite)) + 4 - loss_mag), 16)
+    k_bits = max(int(prec + math.log2(n_finite) + 4 - loss_mag), 16)
     fixed = k_bits + 8  # fixed-point scale: units of 2**-fixed
     cutoff = -0.71 * k_bits - 1.0
     s_lo = s_hi = 0
-    for d in diffs:
+    for d, count in diffs.items():
         df = mp.to_float(d)
         if df == 0.0:
-            s_lo += 1 << fixed
-            s_hi += 1 << fixed
+            lo = hi = 1 << fixed
         elif df < cutoff:  # exp(d) < 2**-k_bits = 2**8 units
-            s_hi += 1 << 8
+            lo, hi = 0, 1 << 8
         else:
             _, man, exp, _ = mp.mpf_exp(d, prec, mp.round_floor)
             shift = exp + fixed
             if shift >= 0:
-                s_lo += (man - 1) << shift
-                s_hi += (man + 2) << shift
+                lo, hi = (man - 1) << shift, (man + 2) << shift
             else:
-                s_lo += (man - 1) >> -shift
-                s_hi += ((man + 2) >> -shift) + 1
+                lo, hi = (man - 1) >> -shift, ((man + 2) >> -shift) + 1
+        s_lo += lo * count
+        s_hi += hi * count
     s_lo_f = mp.from_man_exp(max(s_lo, 0), -fixed)
     s_hi_f = mp.from_man_exp(s_hi, -fixed)
     l_lo, l_hi = _log1p_bounds(s_lo_f, s_hi_f, prec)

@@ -94,9 +94,10 @@ def _allowances(values: list[oracle.OracleValue], case: Case, mean: bool) -> np.
     if not mean:
         return allowance(exact, case.n_classes, case.format)
     # the mean: the rows' allowances averaged, plus the rounding of an N-term sum
-    per_row = allowance(exact, case.n_classes, case.format).mean()
     n = len(values)
-    return np.array([per_row + case.format.unit_roundoff * math.log2(max(n, 1) * 2) * np.abs(exact).mean()])
+    with np.errstate(over="ignore"):
+        per_row = allowance(exact, case.n_classes, case.format).mean()
+        return np.array([per_row + case.format.unit_roundoff * math.log2(max(n, 1) * 2) * np.abs(exact).mean()])
 
 
 def run_case(case: Case, implementations: Iterable[Implementation], policy: Policy = Policy()) -> list[dict]:
@@ -119,10 +120,15 @@ def run_case(case: Case, implementations: Iterable[Implementation], policy: Poli
             metrics = _failure("bad_output", f"returned {type(output).__name__}, not a tensor")
         elif output.ndim == 0 or (output.shape == (1,) and case.logits.shape[0] != 1):
             reduction = "mean"
-            mean_allowed = _allowances(lazy.per_sample(), case, mean=True)
+            values = lazy.per_sample()
+            # inf is an acceptable mean when a row's loss, or the sum of the rows' losses
+            # taken before dividing, overflows the dtype
+            with np.errstate(over="ignore"):
+                total = float(np.abs([v.exact for v in values]).sum())
+            overflowing_row = np.array([any(math.isinf(v.value) for v in values) or total > case.format.max_finite])
             metrics = measure(
-                output, [lazy.mean()], case.dtype, allowed=mean_allowed, special_input=special.any(keepdims=True),
-                policy=policy,
+                output, [lazy.mean()], case.dtype, allowed=_allowances(values, case, mean=True),
+                special_input=special.any(keepdims=True), accept_nonfinite=overflowing_row, policy=policy,
             )  # fmt: skip
         elif tuple(output.shape) != (case.logits.shape[0],):
             metrics = _failure(

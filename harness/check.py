@@ -1,0 +1,219 @@
+"""Regression checks of one implementation: verdicts, minimal counterexamples, torch comparison.
+
+``check`` is the Python API behind ``python -m harness check``; ``assert_stable`` is
+its pytest-friendly form.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+
+from harness.formats import FORMATS, Format, parse_dtype
+from harness.loading import load_implementation
+from harness.profiles import resolve_profile
+from harness.registry import ALL_DTYPES, REGISTRY, Implementation
+from harness.runner import RECORD_COLUMNS
+from harness.search import Counterexample, SearchResult, search
+from harness.verdicts import VERDICTS, Policy
+from strategies import REGIMES
+
+__all__ = ["CheckResult", "assert_stable", "check", "describe_counterexample"]
+
+REFERENCE = "torch"
+
+
+@dataclass
+class CheckResult:
+    """What ``check`` found: pass/fail, counts per verdict, worst cases and counterexamples."""
+
+    implementation: str
+    passed: bool
+    policy: Policy
+    records: pd.DataFrame  # the implementation's records, one per case
+    reference: pd.DataFrame  # torch's records on the same cases
+    counterexamples: list[Counterexample] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    search: SearchResult | None = field(default=None, repr=False)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counted = self.records["verdict"].value_counts()
+        return {verdict: int(counted.get(verdict, 0)) for verdict in VERDICTS}
+
+    def worst_cases(self, n: int = 5) -> pd.DataFrame:
+        ranked = self.records.assign(rank=self.records["verdict"].map(VERDICTS.index))
+        ranked = ranked.sort_values(["rank", "allowance_ratio", "ulps"], ascending=False, kind="stable")
+        return ranked.drop(columns="rank").head(n)
+
+    def versus_reference(self) -> pd.DataFrame:
+        """Per (dtype, regime): the worst error over the allowance, and how it compares with torch."""
+        key = ["dtype", "regime"]
+
+        def worst(frame: pd.DataFrame) -> pd.Series:
+            failing = frame["verdict"].eq("unstable")
+            return frame.assign(score=frame["allowance_ratio"].where(~failing, math.inf)).groupby(key)["score"].max()
+
+        table = pd.DataFrame({"impl": worst(self.records), "torch": worst(self.reference)})
+        tolerance = 0.05  # allowance ratios closer than this are the same
+        table["versus_torch"] = "same"
+        table.loc[table["impl"] > table["torch"] + tolerance, "versus_torch"] = "worse"
+        table.loc[table["impl"] < table["torch"] - tolerance, "versus_torch"] = "better"
+        return table.reset_index()
+
+    def describe(self, replay_dir: str | None = None) -> str:
+        counts = ", ".join(f"{n} {v}" for v, n in self.counts.items() if n)
+        status = "PASSED" if self.passed else "FAILED"
+        lines = [f"{status}: {self.implementation} on {len(self.records)} cases ({counts}) in {self.seconds:.1f} s"]
+        for cx in self.counterexamples:
+            lines.append("")
+            lines.append(describe_counterexample(cx, replay_dir))
+        lines.extend(f"tool error: {e}" for e in self.errors)
+        return "\n".join(lines)
+
+
+def _values(t: torch.Tensor) -> str:
+    return "[" + ", ".join(repr(v) for v in t.to(torch.float64).tolist()) + "]"
+
+
+def describe_counterexample(cx: Counterexample, replay_dir: str | None = None) -> str:
+    """A minimal counterexample in a few lines: inputs, output, oracle, error, regime, replay command."""
+    case, r = cx.case, cx.record
+    sample = max(int(r["sample"]), 0)
+    row = case.logits[sample]
+    lines = [f"counterexample {case.case_id} ({case.format.name}, regime {case.regime}): {r['verdict']}, {r['outcome']}"]
+    if case.logits.numel() <= 24:
+        lines.append(f"  logits  = [{', '.join(_values(x) for x in case.logits)}]")
+    else:
+        finite = row[torch.isfinite(row)].to(torch.float64)
+        extremes = f"max {finite.max().item()!r}, min {finite.min().item()!r}" if finite.numel() else "no finite"
+        lines.append(
+            f"  logits  = shape {tuple(case.logits.shape)}; row {sample}: {extremes}, "
+            f"{int(torch.isneginf(row).sum())} -inf, {int(torch.isnan(row).sum())} nan"
+        )
+    lines.append(f"  targets = {case.targets.tolist()}  (target logit {row[case.targets[sample]].item()!r})")
+    where = "mean over samples" if r["reduction"] == "mean" else f"sample {sample}"
+    lines.append(f"  output  = {r['output']!r} ({r['output_bits']}), {where}")
+    lines.append(f"  oracle  = {r['oracle']!r} (exact {r['exact']!r})")
+    lines.append(
+        f"  error   = {r['abs_error']:.3g} absolute, {r['ulps']:g} ULPs, "
+        f"{r['allowance_ratio']:.3g} x the allowance {r['allowance']:.3g}"
+    )
+    if r.get("message"):
+        lines.append(f"  message = {r['message']}")
+    if replay_dir:
+        lines.append(f"  replay: python -m harness replay {replay_dir} {case.case_id}")
+    return "\n".join(lines)
+
+
+def _formats(dtypes: Sequence[torch.dtype | str | Format] | None) -> list[Format]:
+    if dtypes is None:
+        return list(FORMATS.values())
+    formats = []
+    for d in dtypes:
+        if isinstance(d, Format):
+            formats.append(d)
+        elif isinstance(d, str):
+            formats.append(parse_dtype(d))
+        else:
+            formats.append(parse_dtype(str(d)))
+    return formats
+
+
+def _on_device(fn: Callable, device: str) -> Callable:
+    def moved(logits: torch.Tensor, targets: torch.Tensor):
+        output = fn(logits.to(device), targets.to(device))
+        return output.cpu() if isinstance(output, torch.Tensor) else output
+
+    return moved
+
+
+def _implementation(fn, name: str | None, dtypes: Sequence[Format], device: str | None) -> Implementation:
+    if isinstance(fn, str):
+        impl = load_implementation(fn)
+    elif isinstance(fn, Implementation):
+        impl = fn
+    elif callable(fn):
+        label = name or getattr(fn, "__qualname__", None) or repr(fn)
+        impl = Implementation(label, fn, source="python")
+    else:
+        raise TypeError(f"expected a callable, an Implementation or an IMPL spec, got {type(fn).__name__}")
+    call = _on_device(impl.fn, device) if device and device != "cpu" else impl.fn
+    supported = tuple(f.dtype for f in dtypes if f.dtype in impl.dtypes)
+    return Implementation(name or impl.name, call, supported, impl.source, impl.description)
+
+
+def check(
+    fn: Callable | Implementation | str,
+    *,
+    dtypes: Sequence[torch.dtype | str] | None = None,
+    regimes: Sequence[str] | None = None,
+    examples: int | None = None,
+    seed: int = 0,
+    max_ulps: float = 4.0,
+    strict: bool = False,
+    profile: str | None = None,
+    max_classes: int | None = None,
+    device: str | None = None,
+    name: str | None = None,
+    progress: bool | None = False,
+) -> CheckResult:
+    """Run the strategies on ``fn(logits, targets)`` and judge every case.
+
+    ``fn`` returns per-sample losses (N,) or their mean (a scalar). It fails when any
+    case is *unstable* (or *inaccurate* with ``strict``); each failing (dtype, regime)
+    cell contributes one counterexample, shrunk by Hypothesis.
+    """
+    formats = _formats(dtypes)
+    chosen = list(regimes or REGIMES)
+    unknown = [r for r in chosen if r not in REGIMES]
+    if unknown:
+        raise ValueError(f"unknown regime {unknown[0]!r}; expected one of {', '.join(REGIMES)}")
+    budget = resolve_profile(profile)
+    if examples is not None and examples < 1:
+        raise ValueError(f"examples must be >= 1, got {examples}")
+    impl = _implementation(fn, name, formats, device)
+    if impl.name == REFERENCE:
+        impl = Implementation(f"{REFERENCE} (under test)", impl.fn, impl.dtypes, impl.source, impl.description)
+    formats = [f for f in formats if f.dtype in impl.dtypes]
+    if not formats:
+        raise ValueError(f"{impl.name} supports none of the requested dtypes")
+    limit = max_classes or budget.max_classes
+    chosen = [r for r in chosen if r != "large_vocab" or limit >= 1024]
+    policy = Policy(max_ulps=max_ulps, strict=strict)
+    reference = REGISTRY.get(REFERENCE)
+    found = search(
+        formats,
+        chosen,
+        [impl, reference],
+        profile=budget,
+        seed=seed,
+        examples=examples,
+        max_classes=limit,
+        policy=policy,
+        fails=lambda record: record["impl"] == impl.name and policy.fails(record["verdict"]),
+        subject=impl,
+        progress=progress,
+    )
+    records = pd.DataFrame(found.records, columns=list(RECORD_COLUMNS))
+    mine = records[records["impl"] == impl.name].reset_index(drop=True)
+    theirs = records[records["impl"] == REFERENCE].reset_index(drop=True)
+    passed = not any(policy.fails(v) for v in mine["verdict"])
+    return CheckResult(impl.name, passed, policy, mine, theirs, found.counterexamples, found.errors,
+                       found.seconds, found)  # fmt: skip
+
+
+def assert_stable(fn: Callable | Implementation | str, **options) -> CheckResult:
+    """``check`` that raises AssertionError, with the minimal counterexamples, when it fails."""
+    result = check(fn, **options)
+    if not result.passed:
+        raise AssertionError(result.describe())
+    return result
+
+
+_ = ALL_DTYPES  # re-exported through harness for users declaring dtypes

@@ -1,0 +1,58 @@
+"""Search budgets: named profiles for audit and check, picked by --profile or HARNESS_PROFILE.
+
+Each is also registered as a Hypothesis settings profile (``ce-ci``, ``ce-dev``,
+``ce-fuzz``) for users' own ``@given`` tests over ``strategies.cases``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from hypothesis import HealthCheck, settings
+from hypothesis.database import DirectoryBasedExampleDatabase
+
+__all__ = ["PROFILES", "Profile", "resolve_profile"]
+
+ENV_VAR = "HARNESS_PROFILE"
+DATABASE_DIR = Path(".hypothesis") / "ce-harness"
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    examples: int  # cases per (dtype, regime) cell
+    max_classes: int
+    database: bool  # keep failing examples between runs (Hypothesis's example database)
+
+    def hypothesis_settings(self, **overrides) -> settings:
+        options = {
+            "max_examples": self.examples,
+            "database": DirectoryBasedExampleDatabase(str(DATABASE_DIR)) if self.database else None,
+            "deadline": None,
+            "suppress_health_check": list(HealthCheck),
+            "print_blob": False,
+        }
+        return settings(**{**options, **overrides})
+
+
+PROFILES: dict[str, Profile] = {
+    p.name: p
+    for p in (
+        Profile("ci", examples=8, max_classes=32_768, database=False),
+        Profile("dev", examples=25, max_classes=131_072, database=False),
+        Profile("fuzz", examples=250, max_classes=256_000, database=True),  # 44 cells: 11,000 cases
+    )
+}
+
+for _profile in PROFILES.values():
+    settings.register_profile(f"ce-{_profile.name}", _profile.hypothesis_settings())
+
+
+def resolve_profile(name: str | None = None) -> Profile:
+    """The named profile, else $HARNESS_PROFILE, else dev; ValueError for unknown names."""
+    chosen = name or os.environ.get(ENV_VAR) or "dev"
+    if chosen not in PROFILES:
+        raise ValueError(f"unknown profile {chosen!r}; expected one of {', '.join(PROFILES)}")
+    return PROFILES[chosen]

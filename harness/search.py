@@ -1,0 +1,153 @@
+"""Drive Hypothesis over (dtype, regime) cells and run implementations on every case.
+
+Each cell gets its own seed derived from the run's seed, so adding a dtype or a regime
+does not change the cases drawn for the others, and the same seed reproduces the run.
+Targeted search climbs the worst error; with a ``fails`` predicate, the first failing
+case of a cell is shrunk by Hypothesis to a minimal counterexample.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from hypothesis import Phase, Verbosity, given, target
+from hypothesis import seed as hypothesis_seed
+from hypothesis.internal.conjecture import engine
+from tqdm import tqdm
+
+from harness.formats import Format
+from harness.profiles import Profile
+from harness.registry import Implementation
+from harness.runner import run_case
+from harness.verdicts import Policy
+from strategies import Case, cases
+
+__all__ = ["Counterexample", "SearchResult", "cell_seed", "search"]
+
+SHRINK_SECONDS = 30.0  # shrinking time for a whole run
+CELL_SHRINK_SECONDS = 8.0  # and for one (dtype, regime) cell
+
+
+@dataclass(frozen=True)
+class Counterexample:
+    """A failing case after shrinking, with its record."""
+
+    case: Case
+    record: dict
+
+
+@dataclass
+class SearchResult:
+    records: list[dict] = field(default_factory=list)
+    cases: dict[str, Case] = field(default_factory=dict)
+    counterexamples: list[Counterexample] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # the tool's own failures, per cell
+    seconds: float = 0.0
+
+
+class _Flagged(Exception):
+    def __init__(self, case: Case, record: dict) -> None:
+        super().__init__(f"{record['impl']} flagged on case {case.case_id}")
+        self.case, self.record = case, record
+
+
+def cell_seed(seed: int, fmt: Format, regime: str) -> int:
+    """A stable per-(dtype, regime) seed derived from the run's seed."""
+    return zlib.crc32(f"{seed}/{fmt.name}/{regime}".encode())
+
+
+def _score(records: list[dict]) -> float:
+    """What targeted search climbs: the worst error over the allowance, finite by construction."""
+    ratios = [r["allowance_ratio"] for r in records if not math.isnan(r["allowance_ratio"])]
+    return math.log2(1.0 + min(max(ratios, default=0.0), 1e300))
+
+
+@contextmanager
+def _shrink_time_limit(seconds: float):
+    """Cap Hypothesis's shrinking time (its engine allows 300 s by default)."""
+    previous = getattr(engine, "MAX_SHRINKING_SECONDS", None)
+    engine.MAX_SHRINKING_SECONDS = seconds
+    try:
+        yield
+    finally:
+        if previous is not None:
+            engine.MAX_SHRINKING_SECONDS = previous
+
+
+def search(
+    formats: Sequence[Format],
+    regimes: Sequence[str],
+    implementations: Sequence[Implementation],
+    *,
+    profile: Profile,
+    seed: int = 0,
+    examples: int | None = None,
+    max_classes: int | None = None,
+    policy: Policy = Policy(),
+    fails: Callable[[dict], bool] | None = None,
+    subject: Implementation | None = None,
+    shrink_seconds: float = SHRINK_SECONDS,
+    progress: bool | None = None,
+) -> SearchResult:
+    """Every implementation on ``examples`` cases per (dtype, regime) cell.
+
+    ``fails(record)`` marks a record as a failure: the cell then stops, shrinks the case
+    (running only ``subject``, when given) and reports it as a counterexample. Shrinking
+    shares ``shrink_seconds`` across the run; past it, failures are reported unshrunk.
+    Without ``fails``, every case is kept.
+    """
+    result = SearchResult()
+    start = time.perf_counter()
+    shrink_left = shrink_seconds
+    examples = examples or profile.examples
+    max_classes = max_classes or profile.max_classes
+    cells = [(fmt, regime) for fmt in formats for regime in regimes]
+    show = sys.stderr.isatty() if progress is None else progress
+    with tqdm(total=len(cells) * examples, disable=not show, unit="case", desc="cases") as bar:
+        for fmt, regime in cells:
+            shrinking = False
+            phases = [Phase.generate, Phase.target] + ([Phase.shrink] if fails and shrink_left > 0 else [])
+
+            def visit(case: Case) -> None:
+                nonlocal shrinking
+                running = [subject] if shrinking and subject else implementations
+                records = run_case(case, running, policy)
+                failing = [r for r in records if fails and fails(r)]
+                if not shrinking and case.case_id not in result.cases:
+                    bar.update(1)
+                    result.cases[case.case_id] = case
+                    result.records.extend(records)
+                if failing:
+                    shrinking = True
+                    raise _Flagged(case, failing[0])
+                target(_score(records), label="log2(1 + error / allowance)")
+
+            @profile.hypothesis_settings(
+                max_examples=examples, phases=phases, report_multiple_bugs=False, verbosity=Verbosity.quiet
+            )
+            @hypothesis_seed(cell_seed(seed, fmt, regime))
+            @given(cases(dtype=fmt, regimes=[regime], max_classes=max_classes))
+            def body(case: Case) -> None:
+                visit(case)
+
+            cell_start = time.perf_counter()
+            try:
+                with _shrink_time_limit(min(shrink_left, CELL_SHRINK_SECONDS)):
+                    body()
+            except _Flagged as flagged:
+                result.counterexamples.append(Counterexample(flagged.case, flagged.record))
+                if flagged.case.case_id not in result.cases:
+                    result.cases[flagged.case.case_id] = flagged.case
+                    result.records.extend(run_case(flagged.case, implementations, policy))
+            except Exception as exc:  # noqa: BLE001 - e.g. Hypothesis's Flaky: the run goes on
+                result.errors.append(f"{fmt.name}/{regime}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+            if shrinking:
+                shrink_left -= time.perf_counter() - cell_start
+    result.seconds = time.perf_counter() - start
+    return result
