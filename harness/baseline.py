@@ -35,8 +35,12 @@ def statistics(records: pd.DataFrame) -> pd.DataFrame:
     )
     return (
         frame.groupby(["dtype", "regime"], sort=True)
-        .agg(cases=("case_id", "size"), max_ulps=("finite_ulps", "max"), nonfinite=("nonfinite", "sum"),
-             unstable=("unstable", "sum"))  # fmt: skip
+        .agg(
+            cases=("case_id", "size"),
+            max_ulps=("finite_ulps", "max"),
+            nonfinite=("nonfinite", "sum"),
+            unstable=("unstable", "sum"),
+        )  # fmt: skip
         .reset_index()
     )
 

@@ -86,7 +86,9 @@ def describe_counterexample(cx: Counterexample, replay_dir: str | None = None) -
     case, r = cx.case, cx.record
     sample = max(int(r["sample"]), 0)
     row = case.logits[sample]
-    lines = [f"counterexample {case.case_id} ({case.format.name}, regime {case.regime}): {r['verdict']}, {r['outcome']}"]
+    lines = [
+        f"counterexample {case.case_id} ({case.format.name}, regime {case.regime}): {r['verdict']}, {r['outcome']}"
+    ]
     if case.logits.numel() <= 24:
         lines.append(f"  logits  = [{', '.join(_values(x) for x in case.logits)}]")
     else:

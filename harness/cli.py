@@ -1,9 +1,10 @@
-"""Command line: ``python -m harness {audit,replay} ...`` (also the ``ce-harness`` script).
+"""Command line: ``python -m harness {audit,check,replay} ...`` (also the ``ce-harness`` script).
 
 Exit codes (README "When things go wrong"):
-  0  success (audit written; replay shown)
-  1  findings (reserved for check: an implementation was flagged)
-  2  usage or input error: bad option, unknown dtype/regime/implementation, unreadable report
+  0  success: the report was written and nothing was flagged (check), or the replay shown
+  1  findings: check flagged the implementation, or it regressed against its baseline
+  2  usage or input error: bad option, unknown dtype/regime/profile/implementation,
+     unwritable --out, missing or corrupt report or baseline
   3  the tool's own error (an oracle self-check disagreed)
   130 interrupted (Ctrl-C/SIGTERM); whatever was finished is written, marked partial
 """
@@ -25,13 +26,14 @@ import torch
 
 from harness.formats import FORMATS, Format, parse_dtype
 from harness.loading import LoadError, load_implementation
+from harness.profiles import PROFILES, resolve_profile
 from harness.registry import REGISTRY, Implementation
 from strategies import REGIMES
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FLAGGED, EXIT_USAGE, EXIT_TOOL_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-DEFAULT_OUT = Path("harness-out") / "audit"
+OUT_ROOT = Path("harness-out")
 
 
 class UsageError(Exception):
@@ -53,6 +55,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text}")
+    return value
+
+
 def _dtype(text: str) -> Format:
     try:
         return parse_dtype(text)
@@ -66,24 +78,45 @@ def _regime(text: str) -> str:
     return text
 
 
+def _profile(text: str) -> str:
+    if text not in PROFILES:
+        raise argparse.ArgumentTypeError(f"unknown profile {text!r}; expected one of {', '.join(PROFILES)}")
+    return text
+
+
+def _search_options(parser: argparse.ArgumentParser, out: Path) -> None:
+    parser.add_argument("--dtype", type=_dtype, action="append", help="dtype (repeatable; default all four)")
+    parser.add_argument("--regime", type=_regime, action="append", help="regime to draw (repeatable; default all)")
+    parser.add_argument(
+        "--profile", type=_profile, help="search budget: ci, dev (default) or fuzz; or $HARNESS_PROFILE"
+    )
+    parser.add_argument("--examples", type=_positive, help="cases per (dtype, regime) cell (default: the profile's)")
+    parser.add_argument("--max-classes", type=_positive, help="largest class count (default: the profile's)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for case generation (default 0)")
+    parser.add_argument("--max-ulps", type=_non_negative_float, default=4.0,
+                        help="ULPs beyond which a stable result is 'inaccurate' (default 4)")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=out, help=f"report folder (default {out})")
+    parser.add_argument("--quiet", action="store_true", help="print only the verdict line")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m harness", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     audit = sub.add_parser("audit", help="run implementations over the strategies and write a report")
-    audit.add_argument("--examples", type=_positive, default=20, help="cases per (dtype, regime) cell (default 20)")
-    audit.add_argument("--seed", type=int, default=0, help="seed for case generation (default 0)")
-    audit.add_argument("--dtype", type=_dtype, action="append", help="dtype to audit (repeatable; default all four)")
-    audit.add_argument("--regime", type=_regime, action="append", help="regime to draw (repeatable; default all)")
-    audit.add_argument(
-        "--impl", action="append", help="built-in name, module:function or file.py:function (repeatable)"
-    )
-    audit.add_argument("--max-classes", type=_positive, default=32_768, help="largest class count (default 32768)")
-    audit.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"report folder (default {DEFAULT_OUT})")
-    audit.add_argument("--quiet", action="store_true", help="do not print the summary")
+    _search_options(audit, OUT_ROOT / "audit")
+    audit.add_argument("--impl", action="append", help="built-in name, module:function or file.py:function")
+
+    check = sub.add_parser("check", help="judge one implementation; exit 1 when it is flagged")
+    check.add_argument("impl", help="built-in name, module:function or path/to/file.py:function")
+    _search_options(check, OUT_ROOT / "check")
+    check.add_argument("--strict", action="store_true", help="fail on 'inaccurate' results too")
+    check.add_argument("--device", default="cpu", help="where the implementation runs (default cpu)")
+    check.add_argument("--save-baseline", type=Path, help="record per-(dtype, regime) statistics to FILE")
+    check.add_argument("--baseline", type=Path, help="fail when worse than the statistics in FILE")
 
     replay = sub.add_parser("replay", help="re-run one stored case of a report, bit for bit")
-    replay.add_argument("report", type=Path, help="report folder written by audit")
+    replay.add_argument("report", type=Path, help="report folder written by audit or check")
     replay.add_argument("case_id", help="case id from the report")
     replay.add_argument("--impl", action="append", help="implementations to run (default: the report's)")
     return parser
@@ -109,53 +142,6 @@ def _implementations(specs: Sequence[str] | None) -> list[Implementation]:
         raise UsageError(str(exc)) from None
 
 
-def _command_line(argv: Sequence[str]) -> str:
-    return shlex.join(["python", "-m", "harness", *argv])
-
-
-def _audit(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from harness.audit import run_audit
-    from reports.markdown import render_summary
-    from reports.stats import headline, summarize
-    from reports.store import write_report
-
-    formats = args.dtype or list(FORMATS.values())
-    regimes = args.regime or [r for r in REGIMES if r != "large_vocab" or args.max_classes >= 1024]
-    implementations = _implementations(args.impl)
-    _check_writable(args.out)
-    result = run_audit(
-        formats, regimes, implementations, examples=args.examples, seed=args.seed, max_classes=args.max_classes
-    )
-    from harness.runner import RECORD_COLUMNS
-
-    records = pd.DataFrame(result.records, columns=list(RECORD_COLUMNS))
-    summary = summarize(records)
-    failing = set(records.loc[records["outcome"].ne("exact"), "case_id"])
-    stored = [c for cid, c in result.cases.items() if cid in failing or cid in set(summary["worst_case"])]
-    manifest = {
-        "command": _command_line(argv),
-        "seed": args.seed,
-        "status": "complete",
-        "dtypes": [f.name for f in formats],
-        "regimes": regimes,
-        "implementations": [{"name": i.name, "source": i.source} for i in implementations],
-        "examples": args.examples,
-        "max_classes": args.max_classes,
-        "cases": len(result.cases),
-        "records": len(records),
-        "seconds": result.seconds,
-        "oracle_seconds": float(records.drop_duplicates("case_id")["oracle_seconds"].sum()),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "versions": _versions(),
-    }
-    markdown = render_summary(headline(records), summary, manifest)
-    write_report(args.out, records, summary, markdown, stored, manifest)
-    if not args.quiet:
-        print(markdown)
-    print(f"report written to {args.out}", file=sys.stderr)
-    return EXIT_OK
-
-
 def _check_writable(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -164,6 +150,132 @@ def _check_writable(out: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise UsageError(f"cannot write to {out}: {exc.strerror or exc}") from None
+
+
+def _settings(args: argparse.Namespace) -> dict:
+    profile = resolve_profile(args.profile)
+    return {
+        "formats": args.dtype or list(FORMATS.values()),
+        "profile": profile,
+        "examples": args.examples or profile.examples,
+        "max_classes": args.max_classes or profile.max_classes,
+    }
+
+
+def _regimes(args: argparse.Namespace, max_classes: int) -> list[str]:
+    return args.regime or [r for r in REGIMES if r != "large_vocab" or max_classes >= 1024]
+
+
+def _write(args, argv, records: pd.DataFrame, stored_ids: set[str], found, extra: dict) -> pd.DataFrame:
+    from reports.markdown import render_summary
+    from reports.stats import headline, summarize
+    from reports.store import write_report
+
+    summary = summarize(records)
+    keep = stored_ids | set(summary["worst_case"]) | set(records.loc[records["outcome"].ne("exact"), "case_id"])
+    manifest = {
+        "command": shlex.join(["python", "-m", "harness", *argv]),
+        "seed": args.seed,
+        "status": "complete",
+        "cases": len(found.cases),
+        "records": len(records),
+        "seconds": found.seconds,
+        "oracle_seconds": float(records.drop_duplicates("case_id")["oracle_seconds"].sum()),
+        "oracle_methods": records.drop_duplicates("case_id")["oracle_method"].value_counts().to_dict(),
+        "tool_errors": found.errors,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": _versions(),
+        **extra,
+    }
+    markdown = render_summary(headline(records), summary, manifest)
+    write_report(args.out, records, summary, markdown, [c for i, c in found.cases.items() if i in keep], manifest)
+    return summary
+
+
+def _audit(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from harness.runner import RECORD_COLUMNS
+    from harness.search import search
+    from harness.verdicts import Policy
+
+    settings = _settings(args)
+    regimes = _regimes(args, settings["max_classes"])
+    implementations = _implementations(args.impl)
+    _check_writable(args.out)
+    found = search(
+        settings["formats"], regimes, implementations, profile=settings["profile"], seed=args.seed,
+        examples=settings["examples"], max_classes=settings["max_classes"], policy=Policy(max_ulps=args.max_ulps),
+    )  # fmt: skip
+    records = pd.DataFrame(found.records, columns=list(RECORD_COLUMNS))
+    extra = {
+        "dtypes": [f.name for f in settings["formats"]], "regimes": regimes, "profile": settings["profile"].name,
+        "examples": settings["examples"], "max_classes": settings["max_classes"],
+        "implementations": [{"name": i.name, "source": i.source} for i in implementations],
+    }  # fmt: skip
+    _write(args, argv, records, set(), found, extra)
+    if not args.quiet:
+        print((args.out / "summary.md").read_text())
+    print(f"report written to {args.out}", file=sys.stderr)
+    return EXIT_TOOL_ERROR if found.errors else EXIT_OK
+
+
+def _check(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from harness import baseline as baselines
+    from harness.check import check
+
+    settings = _settings(args)
+    regimes = _regimes(args, settings["max_classes"])
+    try:
+        impl = load_implementation(args.impl)
+    except LoadError as exc:
+        raise UsageError(str(exc)) from None
+    saved = None
+    if args.baseline:
+        try:
+            saved = baselines.load(args.baseline)
+        except baselines.BaselineError as exc:
+            raise UsageError(str(exc)) from None
+    _check_writable(args.out)
+    result = check(
+        impl, dtypes=settings["formats"], regimes=regimes, examples=settings["examples"], seed=args.seed,
+        max_ulps=args.max_ulps, strict=args.strict, profile=settings["profile"].name,
+        max_classes=settings["max_classes"], device=args.device,
+    )  # fmt: skip
+    run = {
+        "implementation": impl.name, "seed": args.seed, "examples": settings["examples"],
+        "max_classes": settings["max_classes"], "profile": settings["profile"].name,
+    }  # fmt: skip
+    records = pd.concat([result.records, result.reference], ignore_index=True)
+    extra = {
+        **run, "dtypes": [f.name for f in settings["formats"]], "regimes": regimes, "passed": result.passed,
+        "implementations": [{"name": impl.name, "source": impl.source}, {"name": "torch", "source": "built-in"}],
+        "counts": result.counts, "strict": args.strict, "max_ulps": args.max_ulps,
+    }  # fmt: skip
+    counterexample_ids = {cx.case.case_id for cx in result.counterexamples}
+    _write(args, argv, records, counterexample_ids, result.search, extra)
+    regressed = False
+    lines = [result.describe(replay_dir=str(args.out))]
+    if not args.quiet:
+        lines.append("\nPer regime, against torch (worst error / allowance; unstable counts as inf):")
+        lines.append(result.versus_reference().to_string(index=False))
+    if saved is not None:
+        try:
+            comparison = baselines.compare(saved, result.records, run)
+        except baselines.BaselineError as exc:
+            raise UsageError(str(exc)) from None
+        worse = comparison[comparison["regressed"]]
+        regressed = not worse.empty
+        lines.append(f"\nBaseline {args.baseline}: {len(worse)} of {len(comparison)} cells regressed")
+        if regressed:
+            lines.append(worse[["dtype", "regime", "max_ulps_baseline", "max_ulps", "nonfinite_baseline",
+                                "nonfinite"]].to_string(index=False))  # fmt: skip
+    if args.save_baseline:
+        baselines.save(args.save_baseline, result.records, run)
+        lines.append(f"baseline saved to {args.save_baseline}")
+    print("\n".join(lines))
+    print(f"report written to {args.out}", file=sys.stderr)
+    if result.errors:
+        return EXIT_TOOL_ERROR
+    return EXIT_OK if result.passed and not regressed else EXIT_FLAGGED
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -183,6 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         if args.command == "audit":
             return _audit(args, argv)
+        if args.command == "check":
+            return _check(args, argv)
         return _replay(args)
     except UsageError as exc:
         print(f"harness: error: {exc}", file=sys.stderr)

@@ -224,8 +224,7 @@ def evaluate(
         for i in np.flatnonzero(certified):
             decided[int(i)] = OracleValue(float(values[i]), float(estimates[i]), True, 53, "float64")
     return [
-        decided.get(i) or row_loss(row, t, fmt, start_precision)
-        for i, (row, t) in enumerate(zip(rows, target_list))
+        decided.get(i) or row_loss(row, t, fmt, start_precision) for i, (row, t) in enumerate(zip(rows, target_list))
     ]
 
 

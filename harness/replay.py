@@ -27,7 +27,7 @@ def replay_case(report: Path, case_id: str, impl_specs: Sequence[str] | None = N
     if case_id not in stored:
         raise KeyError(f"case {case_id} is not stored in {report}")
     case = stored[case_id]
-    specs = impl_specs or [impl["source"] if impl["source"] != "built-in" else impl["name"]
+    specs = impl_specs or [impl["name"] if impl["source"] == "built-in" else impl["source"]
                            for impl in manifest["implementations"]]  # fmt: skip
     implementations = [load_implementation(spec) for spec in specs]
     records = load_records(report)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from harness.metrics import FAILURE_OUTCOMES, OUTCOMES
+from harness.verdicts import VERDICTS
 
 __all__ = ["GROUP", "headline", "summarize", "worst_cases"]
 
@@ -13,13 +14,17 @@ _NONFINITE_FAILURES = ["spurious_inf", "spurious_nan", "missing_nonfinite"]
 
 
 def _with_severity(records: pd.DataFrame) -> pd.DataFrame:
-    severity = records["outcome"].map({name: rank for rank, name in enumerate(OUTCOMES)})
-    return records.assign(severity=severity, ulps_rank=records["ulps"].fillna(float("inf")))
+    return records.assign(
+        verdict_rank=records["verdict"].map({name: rank for rank, name in enumerate(VERDICTS)}),
+        severity=records["outcome"].map({name: rank for rank, name in enumerate(OUTCOMES)}),
+        ulps_rank=records["ulps"].fillna(float("inf")),
+    )
 
 
 def worst_cases(records: pd.DataFrame, by: list[str] = GROUP) -> pd.DataFrame:
-    """The single worst record per group: highest outcome severity, then most ULPs."""
-    ranked = _with_severity(records).sort_values(["severity", "ulps_rank", "case_id"], kind="stable")
+    """The single worst record per group: worst verdict, then outcome severity, then most ULPs."""
+    order = ["verdict_rank", "severity", "ulps_rank", "case_id"]
+    ranked = _with_severity(records).sort_values(order, kind="stable")
     return ranked.groupby(by, sort=True).tail(1).set_index(by).sort_index()
 
 
@@ -37,19 +42,23 @@ def summarize(records: pd.DataFrame, by: list[str] = GROUP) -> pd.DataFrame:
         median_ulps=("ulps", "median"),
         p99_ulps=("ulps", _p99),
         max_rel_error=("rel_error", "max"),
+        max_allowance_ratio=("allowance_ratio", "max"),
     )
-    counts = pd.crosstab([records[c] for c in by], records["outcome"]).reindex(columns=list(OUTCOMES), fill_value=0)
+    keys = [records[c] for c in by]
+    outcomes = pd.crosstab(keys, records["outcome"]).reindex(columns=list(OUTCOMES), fill_value=0)
+    verdicts = pd.crosstab(keys, records["verdict"]).reindex(columns=list(VERDICTS), fill_value=0)
     worst = worst_cases(records, by)["case_id"].rename("worst_case")
-    return stats.join(counts).join(worst).reset_index()
+    return stats.join(outcomes).join(verdicts).join(worst).reset_index()
 
 
 def headline(records: pd.DataFrame) -> pd.DataFrame:
-    """Per (impl, dtype): share exact, non-finite failures, other failures, median and max ULPs."""
+    """Per (impl, dtype): share exact, non-finite and other failures, median and max ULPs, unstable count."""
     flags = records.assign(
         exact=records["outcome"].eq("exact"),
         nonfinite_failures=records["outcome"].isin(_NONFINITE_FAILURES),
         other_failures=records["outcome"].isin(FAILURE_OUTCOMES - set(_NONFINITE_FAILURES)),
         finite_ulps=records["ulps"].where(records["outcome"].isin(["exact", "finite_error"])),
+        unstable=records["verdict"].eq("unstable"),
     )
     table = flags.groupby(["impl", "dtype"], sort=True).agg(
         cases=("case_id", "size"),
@@ -58,5 +67,6 @@ def headline(records: pd.DataFrame) -> pd.DataFrame:
         other_failures=("other_failures", "sum"),
         median_ulps=("finite_ulps", "median"),
         max_finite_ulps=("finite_ulps", "max"),
+        unstable=("unstable", "sum"),
     )
     return table.reset_index()

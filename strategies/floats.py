@@ -17,6 +17,7 @@ from harness.formats import Format, format_of, parse_dtype
 
 __all__ = ["as_format", "format_values", "near_values", "round_to_format", "ulp_of"]
 
+
 def as_format(dtype: torch.dtype | str | Format) -> Format:
     """Accept a torch dtype, a dtype name or a Format; InvalidArgument otherwise."""
     if isinstance(dtype, Format):
