@@ -40,7 +40,7 @@ def statistics(records: pd.DataFrame) -> pd.DataFrame:
             max_ulps=("finite_ulps", "max"),
             nonfinite=("nonfinite", "sum"),
             unstable=("unstable", "sum"),
-        )  # fmt: skip
+        )
         .reset_index()
     )
 

@@ -220,7 +220,7 @@ def _audit(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def _check(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from harness import baseline as baselines
-    from harness.check import check
+    from harness.api import check
 
     settings = _settings(args)
     regimes = _regimes(args, settings["max_classes"])

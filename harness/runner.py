@@ -24,8 +24,8 @@ __all__ = ["RECORD_COLUMNS", "run_case"]
 RECORD_COLUMNS = (
     "case_id", "regime", "dtype", "n_samples", "n_classes", "max_abs_logit", "spread",
     "impl", "reduction", "sample", "output", "output_bits", "oracle", "exact", "abs_error", "rel_error",
-    "ulps", "bits", "outcome", "verdict", "allowance", "allowance_ratio", "oracle_certified", "oracle_precision", "oracle_method",
-    "message", "impl_seconds", "oracle_seconds",
+    "ulps", "bits", "outcome", "verdict", "allowance", "allowance_ratio",
+    "oracle_certified", "oracle_precision", "oracle_method", "message", "impl_seconds", "oracle_seconds",
 )  # fmt: skip
 
 

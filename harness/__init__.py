@@ -1,0 +1,30 @@
+"""ce-harness: numerical-stability verification for softmax cross-entropy implementations.
+
+    import harness
+    result = harness.check(my_loss, dtypes=["float16", "bfloat16"])
+    harness.assert_stable(my_loss)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["REGISTRY", "CheckResult", "Implementation", "assert_stable", "check"]
+
+# Loaded on first use: strategies import harness.formats, and an eager import of
+# harness.check here would import strategies back while they are half-initialised.
+_LAZY = {
+    "check": "harness.api",
+    "assert_stable": "harness.api",
+    "CheckResult": "harness.api",
+    "REGISTRY": "harness.loading",
+    "Implementation": "harness.registry",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'harness' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_LAZY[name]), name)

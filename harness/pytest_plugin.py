@@ -1,0 +1,47 @@
+"""pytest plugin (entry point ``pytest11``): a ``ce_stability`` fixture and budget options.
+
+    def test_my_loss_is_stable(ce_stability):
+        ce_stability(my_cross_entropy)                   # raises AssertionError with counterexamples
+        ce_stability(my_cross_entropy, dtypes=["bfloat16"], strict=True)
+
+Command-line options set the default budget for every call:
+``--ce-profile``, ``--ce-examples``, ``--ce-seed``, ``--ce-max-classes``.
+The ``ce_stability`` marker skips nothing; it only labels tests (``-m ce_stability``).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.api import CheckResult, assert_stable
+from harness.profiles import PROFILES
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("ce-harness", "cross-entropy stability checks")
+    group.addoption("--ce-profile", choices=sorted(PROFILES), default=None, help="search budget (default dev)")
+    group.addoption("--ce-examples", type=int, default=None, help="cases per (dtype, regime) cell")
+    group.addoption("--ce-seed", type=int, default=0, help="seed for case generation (default 0)")
+    group.addoption("--ce-max-classes", type=int, default=None, help="largest class count drawn")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "ce_stability: a cross-entropy stability check (ce-harness)")
+
+
+@pytest.fixture
+def ce_stability(request: pytest.FixtureRequest):
+    """A function ``(fn, **check_options) -> CheckResult`` that fails the test when fn is flagged."""
+    config = request.config
+    defaults = {
+        "profile": config.getoption("--ce-profile"),
+        "examples": config.getoption("--ce-examples"),
+        "seed": config.getoption("--ce-seed"),
+        "max_classes": config.getoption("--ce-max-classes"),
+    }
+
+    def run(fn, **options) -> CheckResult:
+        __tracebackhide__ = True
+        return assert_stable(fn, **{**defaults, **options})
+
+    return run

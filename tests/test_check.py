@@ -1,0 +1,179 @@
+"""check() and the check command: bug classes flagged, sound code spared, the API and baselines."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+import harness
+from harness.cli import main
+from harness.formats import FORMATS
+from harness.loading import load_implementation
+from harness.profiles import resolve_profile
+from harness.search import search
+from strategies import REGIMES
+from tests.implementations import mutants, sound
+
+SOUND = {
+    "torch_ce": ("bfloat16", "float32", "float64"),  # float16: see the overflow test below
+    "upcast_float32": ("float16", "bfloat16", "float32", "float64"),
+    "cross_entropy_from_scratch": ("float32", "float64"),
+}
+
+
+@pytest.fixture(scope="module")
+def default_budget_records() -> pd.DataFrame:
+    """Every bug class and sound implementation on the cases of check's default (dev) budget.
+
+    check() draws its cases per (dtype, regime) cell with the same seeds; running every
+    implementation over them at once shares the oracle and keeps this test affordable.
+    The literal per-implementation check() runs are the slow test below.
+    """
+    implementations = [load_implementation(f"tests.implementations.mutants:{name}") for name in mutants.BUG_CLASSES]
+    implementations += [load_implementation(f"tests.implementations.sound:{name}") for name in SOUND]
+    found = search(list(FORMATS.values()), list(REGIMES), implementations, profile=resolve_profile("dev"))
+    records = pd.DataFrame(found.records)
+    records["impl"] = records["impl"].str.rsplit(":", n=1).str[-1]
+    return records
+
+
+@pytest.mark.parametrize("bug", list(mutants.BUG_CLASSES))
+def test_default_budget_flags_every_bug_class(default_budget_records, bug):
+    mine = default_budget_records[default_budget_records["impl"] == bug]
+    flagged = set(mine.loc[mine["verdict"] == "unstable", "dtype"])
+    assert set(mutants.BUG_CLASSES[bug]) <= flagged
+
+
+@pytest.mark.parametrize("name", list(SOUND))
+def test_default_budget_spares_sound_implementations(default_budget_records, name):
+    mine = default_budget_records[
+        (default_budget_records["impl"] == name) & default_budget_records["dtype"].isin(SOUND[name])
+    ]
+    assert len(mine) > 500
+    assert not (mine["verdict"] == "unstable").any(), mine[mine["verdict"] == "unstable"].head()
+
+
+def test_torch_float16_overflows_past_65504_classes(default_budget_records):
+    """A real PyTorch CPU defect the default budget finds: the float16 normaliser overflows.
+
+    With more than 65,504 equal logits the exponential sum exceeds float16's range and
+    F.cross_entropy returns inf, although the loss (log n, about 11.8) is representable.
+    check flags exactly those cases and nothing else of torch in float16.
+    """
+    logits = torch.zeros(1, 65_600, dtype=torch.float16)
+    assert torch.isinf(F.cross_entropy(logits, torch.tensor([0]), reduction="none")).all()
+    mine = default_budget_records[
+        (default_budget_records["impl"] == "torch_ce") & (default_budget_records["dtype"] == "float16")
+    ]
+    unstable = mine[mine["verdict"] == "unstable"]
+    assert (unstable["n_classes"] > 65_504).all() and (unstable["outcome"] == "spurious_inf").all()
+    assert harness.check(sound.torch_ce, dtypes=["float16"], max_classes=65_504, examples=10).passed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bug", list(mutants.BUG_CLASSES))
+def test_check_flags_bug_class_on_its_default_budget(bug):
+    result = harness.check(getattr(mutants, bug))
+    assert not result.passed
+    assert set(mutants.BUG_CLASSES[bug]) <= set(result.records.loc[result.records["verdict"] == "unstable", "dtype"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(SOUND))
+def test_check_passes_sound_implementation_on_its_default_budget(name):
+    assert harness.check(getattr(sound, name), dtypes=SOUND[name]).passed
+
+
+def test_check_api_result_and_shrunk_counterexample():
+    result = harness.check(mutants.rounded_lse_then_subtract, dtypes=["float32"], regimes=["offset"], examples=15)
+    assert not result.passed and result.counts["unstable"] >= 1
+    (cx,) = result.counterexamples
+    assert cx.case.regime == "offset" and cx.case.logits.shape[1] <= 4  # shrunk to a tiny row
+    text = result.describe(replay_dir="out")
+    assert "counterexample" in text and "python -m harness replay out" in text
+    assert list(result.worst_cases(2)["verdict"])[0] == "unstable"
+    assert set(result.versus_reference()["versus_torch"]) <= {"better", "same", "worse"}
+
+
+def test_assert_stable_raises_with_the_counterexample():
+    with pytest.raises(AssertionError, match="counterexample"):
+        harness.assert_stable(mutants.no_max_shift, dtypes=["float32"], regimes=["huge"], examples=10)
+    assert harness.assert_stable(sound.torch_ce, dtypes=["float64"], regimes=["moderate"], examples=10).passed
+
+
+def test_mean_reduction_is_recognised():
+    result = harness.check(sound.cross_entropy_from_scratch, dtypes=["float64"], regimes=["moderate"], examples=10)
+    assert result.passed and set(result.records["reduction"]) == {"mean"}
+
+
+def _raises(logits, targets):
+    raise RuntimeError("kernel exploded")
+
+
+def _wrong_shape(logits, targets):
+    return torch.zeros(logits.shape[0], 2)
+
+
+@pytest.mark.parametrize(("fn", "outcome", "message"), [(_raises, "raised", "kernel exploded"),
+                                                         (_wrong_shape, "bad_output", "shape")])  # fmt: skip
+def test_failing_implementations_are_outcomes_not_crashes(fn, outcome, message):
+    result = harness.check(fn, dtypes=["float32"], regimes=["moderate"], examples=5)
+    assert not result.passed
+    record = result.counterexamples[0].record
+    assert record["outcome"] == outcome and message in record["message"]
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown regime"):
+        harness.check(sound.torch_ce, regimes=["bogus"])
+    with pytest.raises(ValueError, match="unknown dtype"):
+        harness.check(sound.torch_ce, dtypes=["fp8"])
+    with pytest.raises(ValueError, match="unknown profile"):
+        harness.check(sound.torch_ce, profile="huge")
+    with pytest.raises(ValueError, match="examples"):
+        harness.check(sound.torch_ce, examples=0)
+
+
+SMALL = ["--dtype", "float32", "--regime", "moderate", "--regime", "huge", "--examples", "5", "--quiet"]
+
+
+def test_check_command_exit_codes(tmp_path, capsys):
+    assert main(["check", "tests.implementations.sound:torch_ce", *SMALL, "--out", str(tmp_path / "a")]) == 0
+    assert main(["check", "naive", *SMALL, "--out", str(tmp_path / "b")]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED: naive" in out and f"python -m harness replay {tmp_path / 'b'}" in out
+    assert main(["check", "no_such_thing", *SMALL]) == 2
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["passed"] is False and manifest["counts"]["unstable"] > 0
+
+
+def test_counterexample_replays_from_the_check_report(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["check", "naive", *SMALL, "--out", str(out)]) == 1
+    case_id = capsys.readouterr().out.split("replay: python -m harness replay ")[1].split()[1]
+    assert main(["replay", str(out), case_id]) == 0
+    shown = capsys.readouterr().out
+    assert "naive:" in shown and "[same bits as recorded]" in shown and "DIFFERS" not in shown
+
+
+def test_baselines_save_compare_and_reject_bad_files(tmp_path, capsys):
+    base = tmp_path / "base.json"
+    spec = "tests.implementations.sound:upcast_float32"
+    assert main(["check", spec, *SMALL, "--out", str(tmp_path / "o"), "--save-baseline", str(base)]) == 0
+    assert main(["check", spec, *SMALL, "--out", str(tmp_path / "o"), "--baseline", str(base)]) == 0
+    # a worse implementation on the same cases regresses against that baseline
+    worse = "tests.implementations.mutants:silent_bfloat16"
+    assert main(["check", worse, *SMALL, "--out", str(tmp_path / "o"), "--baseline", str(base)]) == 1
+    assert "regressed" in capsys.readouterr().out
+    # other cases: not comparable
+    assert main(["check", spec, *SMALL, "--seed", "9", "--out", str(tmp_path / "o"), "--baseline", str(base)]) == 2
+    assert "recorded on other cases" in capsys.readouterr().err
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text("{not json")
+    assert main(["check", spec, *SMALL, "--baseline", str(corrupt)]) == 2
+    assert "corrupt" in capsys.readouterr().err
+    assert main(["check", spec, *SMALL, "--baseline", str(tmp_path / "missing.json")]) == 2
