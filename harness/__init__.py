@@ -1,8 +1,8 @@
 """ce-harness: numerical-stability verification for softmax cross-entropy implementations.
 
-    import harness
-    result = harness.check(my_loss, dtypes=["float16", "bfloat16"])
-    harness.assert_stable(my_loss)
+import harness
+result = harness.check(my_loss, dtypes=["float16", "bfloat16"])
+harness.assert_stable(my_loss)
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
+from harness.calling import DEFAULT_TIMEOUT, Caller
 from harness.formats import FORMATS, Format, parse_dtype
 from harness.loading import load_implementation
 from harness.profiles import resolve_profile
@@ -127,15 +128,7 @@ def _formats(dtypes: Sequence[torch.dtype | str | Format] | None) -> list[Format
     return formats
 
 
-def _on_device(fn: Callable, device: str) -> Callable:
-    def moved(logits: torch.Tensor, targets: torch.Tensor):
-        output = fn(logits.to(device), targets.to(device))
-        return output.cpu() if isinstance(output, torch.Tensor) else output
-
-    return moved
-
-
-def _implementation(fn, name: str | None, dtypes: Sequence[Format], device: str | None) -> Implementation:
+def _implementation(fn, name: str | None, dtypes: Sequence[Format]) -> Implementation:
     if isinstance(fn, str):
         impl = load_implementation(fn)
     elif isinstance(fn, Implementation):
@@ -145,9 +138,8 @@ def _implementation(fn, name: str | None, dtypes: Sequence[Format], device: str 
         impl = Implementation(label, fn, source="python")
     else:
         raise TypeError(f"expected a callable, an Implementation or an IMPL spec, got {type(fn).__name__}")
-    call = _on_device(impl.fn, device) if device and device != "cpu" else impl.fn
     supported = tuple(f.dtype for f in dtypes if f.dtype in impl.dtypes)
-    return Implementation(name or impl.name, call, supported, impl.source, impl.description)
+    return Implementation(name or impl.name, impl.fn, supported, impl.source, impl.description)
 
 
 def check(
@@ -161,7 +153,8 @@ def check(
     strict: bool = False,
     profile: str | None = None,
     max_classes: int | None = None,
-    device: str | None = None,
+    device: str = "cpu",
+    timeout: float | None = DEFAULT_TIMEOUT,
     name: str | None = None,
     progress: bool | None = False,
 ) -> CheckResult:
@@ -169,7 +162,8 @@ def check(
 
     ``fn`` returns per-sample losses (N,) or their mean (a scalar). It fails when any
     case is *unstable* (or *inaccurate* with ``strict``); each failing (dtype, regime)
-    cell contributes one counterexample, shrunk by Hypothesis.
+    cell contributes one counterexample, shrunk by Hypothesis. ``device`` is where fn
+    runs (the oracle stays on the CPU); a call taking over ``timeout`` seconds is a failure.
     """
     formats = _formats(dtypes)
     chosen = list(regimes or REGIMES)
@@ -179,7 +173,7 @@ def check(
     budget = resolve_profile(profile)
     if examples is not None and examples < 1:
         raise ValueError(f"examples must be >= 1, got {examples}")
-    impl = _implementation(fn, name, formats, device)
+    impl = _implementation(fn, name, formats)
     if impl.name == REFERENCE:
         impl = Implementation(f"{REFERENCE} (under test)", impl.fn, impl.dtypes, impl.source, impl.description)
     formats = [f for f in formats if f.dtype in impl.dtypes]
@@ -200,6 +194,7 @@ def check(
         policy=policy,
         fails=lambda record: record["impl"] == impl.name and policy.fails(record["verdict"]),
         subject=impl,
+        caller=Caller(timeout=timeout, device=device),
         progress=progress,
     )
     records = pd.DataFrame(found.records, columns=list(RECORD_COLUMNS))

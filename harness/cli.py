@@ -12,8 +12,10 @@ Exit codes (README "When things go wrong"):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
 import shlex
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -24,6 +26,7 @@ import mpmath
 import pandas as pd
 import torch
 
+from harness.calling import DEFAULT_TIMEOUT, Caller
 from harness.formats import FORMATS, Format, parse_dtype
 from harness.loading import LoadError, load_implementation
 from harness.profiles import PROFILES, resolve_profile
@@ -65,6 +68,13 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("expected a positive number, got 0")
+    return value
+
+
 def _dtype(text: str) -> Format:
     try:
         return parse_dtype(text)
@@ -95,6 +105,8 @@ def _search_options(parser: argparse.ArgumentParser, out: Path) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for case generation (default 0)")
     parser.add_argument("--max-ulps", type=_non_negative_float, default=4.0,
                         help="ULPs beyond which a stable result is 'inaccurate' (default 4)")  # fmt: skip
+    parser.add_argument("--timeout", type=_positive_float, default=DEFAULT_TIMEOUT,
+                        help=f"seconds one call may take (default {DEFAULT_TIMEOUT:g})")  # fmt: skip
     parser.add_argument("--out", type=Path, default=out, help=f"report folder (default {out})")
     parser.add_argument("--quiet", action="store_true", help="print only the verdict line")
 
@@ -106,6 +118,8 @@ def _parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="run implementations over the strategies and write a report")
     _search_options(audit, OUT_ROOT / "audit")
     audit.add_argument("--impl", action="append", help="built-in name, module:function or file.py:function")
+    audit.add_argument("--resume", type=Path, metavar="DIR",
+                       help="continue the partial audit in DIR with its own settings")  # fmt: skip
 
     check = sub.add_parser("check", help="judge one implementation; exit 1 when it is flagged")
     check.add_argument("impl", help="built-in name, module:function or path/to/file.py:function")
@@ -166,7 +180,7 @@ def _regimes(args: argparse.Namespace, max_classes: int) -> list[str]:
     return args.regime or [r for r in REGIMES if r != "large_vocab" or max_classes >= 1024]
 
 
-def _write(args, argv, records: pd.DataFrame, stored_ids: set[str], found, extra: dict) -> pd.DataFrame:
+def _write(args, argv, records: pd.DataFrame, stored_ids: set[str], found, extra: dict, status: str) -> pd.DataFrame:
     from reports.markdown import render_summary
     from reports.stats import headline, summarize
     from reports.store import write_report
@@ -176,13 +190,14 @@ def _write(args, argv, records: pd.DataFrame, stored_ids: set[str], found, extra
     manifest = {
         "command": shlex.join(["python", "-m", "harness", *argv]),
         "seed": args.seed,
-        "status": "complete",
+        "status": status,
         "cases": len(found.cases),
         "records": len(records),
         "seconds": found.seconds,
         "oracle_seconds": float(records.drop_duplicates("case_id")["oracle_seconds"].sum()),
         "oracle_methods": records.drop_duplicates("case_id")["oracle_method"].value_counts().to_dict(),
         "tool_errors": found.errors,
+        "oracle_self_checked": found.self_checked,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": _versions(),
         **extra,
@@ -192,29 +207,67 @@ def _write(args, argv, records: pd.DataFrame, stored_ids: set[str], found, extra
     return summary
 
 
+def _resume(args: argparse.Namespace) -> tuple[argparse.Namespace, dict[str, list[dict]]]:
+    """Settings and finished records of the audit in args.resume."""
+    from reports.store import load_manifest, load_records
+
+    try:
+        manifest = load_manifest(args.resume)
+        records = load_records(args.resume)
+        args.seed, args.examples, args.max_classes = manifest["seed"], manifest["examples"], manifest["max_classes"]
+        args.profile, args.regime = manifest["profile"], manifest["regimes"]
+        args.dtype = [parse_dtype(name) for name in manifest["dtypes"]]
+        args.impl = [i["name"] if i["source"] == "built-in" else i["source"] for i in manifest["implementations"]]
+    except (FileNotFoundError, KeyError, ValueError, TypeError) as exc:
+        raise UsageError(f"cannot resume from {args.resume}: {exc}") from None
+    args.out = args.resume
+    done: dict[str, list[dict]] = {}
+    for record in records.to_dict(orient="records"):
+        record["output_bits"] = "" if pd.isna(record["output_bits"]) else record["output_bits"]
+        record["message"] = "" if pd.isna(record["message"]) else record["message"]
+        done.setdefault(record["case_id"], []).append(record)
+    return args, done
+
+
 def _audit(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from harness.runner import RECORD_COLUMNS
     from harness.search import search
     from harness.verdicts import Policy
 
+    done: dict[str, list[dict]] = {}
+    if args.resume:
+        args, done = _resume(args)
     settings = _settings(args)
     regimes = _regimes(args, settings["max_classes"])
     implementations = _implementations(args.impl)
     _check_writable(args.out)
+    extra = {
+        "dtypes": [f.name for f in settings["formats"]], "regimes": regimes, "profile": settings["profile"].name,
+        "examples": settings["examples"], "max_classes": settings["max_classes"], "timeout": args.timeout,
+        "implementations": [{"name": i.name, "source": i.source} for i in implementations],
+        "resumed_cases": len(done),
+    }  # fmt: skip
+
+    def frame(found) -> pd.DataFrame:
+        return pd.DataFrame(found.records, columns=list(RECORD_COLUMNS))
+
+    def checkpoint(found) -> None:
+        _write(args, argv, frame(found), set(), found, extra, status="partial")
+
     found = search(
         settings["formats"], regimes, implementations, profile=settings["profile"], seed=args.seed,
         examples=settings["examples"], max_classes=settings["max_classes"], policy=Policy(max_ulps=args.max_ulps),
+        caller=Caller(timeout=args.timeout), done=done, on_cell=checkpoint,
     )  # fmt: skip
-    records = pd.DataFrame(found.records, columns=list(RECORD_COLUMNS))
-    extra = {
-        "dtypes": [f.name for f in settings["formats"]], "regimes": regimes, "profile": settings["profile"].name,
-        "examples": settings["examples"], "max_classes": settings["max_classes"],
-        "implementations": [{"name": i.name, "source": i.source} for i in implementations],
-    }  # fmt: skip
-    _write(args, argv, records, set(), found, extra)
+    status = "partial" if found.interrupted else "complete"
+    _write(args, argv, frame(found), set(), found, extra, status=status)
     if not args.quiet:
         print((args.out / "summary.md").read_text())
-    print(f"report written to {args.out}", file=sys.stderr)
+    for error in found.errors:
+        print(f"harness: TOOL ERROR: {error}", file=sys.stderr)
+    print(f"report written to {args.out}{' (partial)' if found.interrupted else ''}", file=sys.stderr)
+    if found.interrupted:
+        return EXIT_INTERRUPTED
     return EXIT_TOOL_ERROR if found.errors else EXIT_OK
 
 
@@ -238,7 +291,7 @@ def _check(args: argparse.Namespace, argv: Sequence[str]) -> int:
     result = check(
         impl, dtypes=settings["formats"], regimes=regimes, examples=settings["examples"], seed=args.seed,
         max_ulps=args.max_ulps, strict=args.strict, profile=settings["profile"].name,
-        max_classes=settings["max_classes"], device=args.device,
+        max_classes=settings["max_classes"], device=args.device, timeout=args.timeout,
     )  # fmt: skip
     run = {
         "implementation": impl.name, "seed": args.seed, "examples": settings["examples"],
@@ -251,7 +304,12 @@ def _check(args: argparse.Namespace, argv: Sequence[str]) -> int:
         "counts": result.counts, "strict": args.strict, "max_ulps": args.max_ulps,
     }  # fmt: skip
     counterexample_ids = {cx.case.case_id for cx in result.counterexamples}
-    _write(args, argv, records, counterexample_ids, result.search, extra)
+    interrupted = result.search.interrupted
+    _write(args, argv, records, counterexample_ids, result.search, extra, "partial" if interrupted else "complete")
+    if interrupted:
+        print(result.describe(replay_dir=str(args.out)))
+        print(f"harness: interrupted; partial report written to {args.out}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     regressed = False
     lines = [result.describe(replay_dir=str(args.out))]
     if not args.quiet:
@@ -272,6 +330,8 @@ def _check(args: argparse.Namespace, argv: Sequence[str]) -> int:
         baselines.save(args.save_baseline, result.records, run)
         lines.append(f"baseline saved to {args.save_baseline}")
     print("\n".join(lines))
+    for error in result.errors:
+        print(f"harness: TOOL ERROR: {error}", file=sys.stderr)
     print(f"report written to {args.out}", file=sys.stderr)
     if result.errors:
         return EXIT_TOOL_ERROR
@@ -289,8 +349,19 @@ def _replay(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM stops a run the way Ctrl-C does: finished work is written, marked partial."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    with contextlib.suppress(ValueError):  # not the main thread (main() called from a worker): leave it
+        signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _sigterm_as_interrupt()
     try:
         args = _parser().parse_args(argv)
         if args.command == "audit":

@@ -23,8 +23,11 @@ OUTCOMES: tuple[str, ...] = (
     "missing_nonfinite",  # the oracle is inf or NaN, the output is finite
     "spurious_inf",  # the output is infinite where the oracle is not
     "spurious_nan",  # the output is NaN where the oracle is not
-    "raised",  # the implementation raised an exception
-    "bad_output",  # not a tensor, or the wrong shape
+    "nondeterministic",  # a second call on the same input answered differently
+    "mutated_input",  # it wrote into its input logits
+    "bad_output",  # not a tensor, or the wrong shape, dtype or device
+    "timeout",  # no answer within the per-call timeout
+    "raised",  # the implementation raised an exception (message kept)
 )
 FAILURE_OUTCOMES = frozenset(OUTCOMES[3:])
 _SEVERITY = {name: rank for rank, name in enumerate(OUTCOMES)}

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from harness import oracle
+from harness.calling import Caller
 from harness.metrics import measure
 from harness.registry import Implementation
 from harness.verdicts import Policy, allowance
@@ -73,17 +74,6 @@ def _failure(outcome: str, message: str) -> dict:
     }  # fmt: skip
 
 
-def _call(impl: Implementation, case: Case) -> tuple[torch.Tensor | None, str, float]:
-    """Run the implementation on copies of the inputs; (output, error message, seconds)."""
-    logits, targets = case.logits.clone(), case.targets.clone()
-    start = time.perf_counter()
-    try:
-        output = impl.fn(logits, targets)
-    except Exception as exc:
-        return None, f"{type(exc).__name__}: {exc}", time.perf_counter() - start
-    return output, "", time.perf_counter() - start
-
-
 def _special_rows(case: Case) -> np.ndarray:
     """Rows holding +inf or NaN: no finite answer exists there."""
     return (torch.isnan(case.logits) | torch.isposinf(case.logits)).any(dim=1).numpy()
@@ -100,8 +90,14 @@ def _allowances(values: list[oracle.OracleValue], case: Case, mean: bool) -> np.
         return np.array([per_row + case.format.unit_roundoff * math.log2(max(n, 1) * 2) * np.abs(exact).mean()])
 
 
-def run_case(case: Case, implementations: Iterable[Implementation], policy: Policy = Policy()) -> list[dict]:
+def run_case(
+    case: Case,
+    implementations: Iterable[Implementation],
+    policy: Policy = Policy(),
+    caller: Caller | None = None,
+) -> list[dict]:
     """One record per implementation that supports the case's dtype."""
+    caller = caller or Caller()
     lazy = _LazyOracle(case)
     special = _special_rows(case)
     shared = {
@@ -112,12 +108,11 @@ def run_case(case: Case, implementations: Iterable[Implementation], policy: Poli
     for impl in implementations:
         if not impl.supports(case.dtype):
             continue
-        output, message, seconds = _call(impl, case)
+        called = caller.call(impl, case)
+        output, seconds = called.output, called.seconds
         reduction = "none"
-        if output is None:
-            metrics = _failure("raised", message)
-        elif not isinstance(output, torch.Tensor):
-            metrics = _failure("bad_output", f"returned {type(output).__name__}, not a tensor")
+        if called.failure:
+            metrics = _failure(called.failure, called.message)
         elif output.ndim == 0 or (output.shape == (1,) and case.logits.shape[0] != 1):
             reduction = "mean"
             values = lazy.per_sample()
@@ -130,10 +125,6 @@ def run_case(case: Case, implementations: Iterable[Implementation], policy: Poli
                 output, [lazy.mean()], case.dtype, allowed=_allowances(values, case, mean=True),
                 special_input=special.any(keepdims=True), accept_nonfinite=overflowing_row, policy=policy,
             )  # fmt: skip
-        elif tuple(output.shape) != (case.logits.shape[0],):
-            metrics = _failure(
-                "bad_output", f"returned shape {tuple(output.shape)}, expected ({case.logits.shape[0]},) or ()"
-            )
         else:
             values = lazy.per_sample()
             allowed = _allowances(values, case, mean=False)

@@ -21,6 +21,8 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis.internal.conjecture import engine
 from tqdm import tqdm
 
+from harness import oracle
+from harness.calling import Caller
 from harness.formats import Format
 from harness.profiles import Profile
 from harness.registry import Implementation
@@ -31,6 +33,8 @@ from strategies import Case, cases
 __all__ = ["Counterexample", "SearchResult", "cell_seed", "search"]
 
 SHRINK_SECONDS = 30.0  # shrinking time for a whole run
+SELF_CHECK_CASES = 12  # oracle values re-derived at higher precision after every run
+SELF_CHECK_MAX_ELEMENTS = 4096
 CELL_SHRINK_SECONDS = 8.0  # and for one (dtype, regime) cell
 
 
@@ -49,6 +53,8 @@ class SearchResult:
     counterexamples: list[Counterexample] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # the tool's own failures, per cell
     seconds: float = 0.0
+    interrupted: bool = False
+    self_checked: int = 0
 
 
 class _Flagged(Exception):
@@ -93,6 +99,10 @@ def search(
     fails: Callable[[dict], bool] | None = None,
     subject: Implementation | None = None,
     shrink_seconds: float = SHRINK_SECONDS,
+    caller: Caller | None = None,
+    done: dict[str, list[dict]] | None = None,
+    self_check: int = SELF_CHECK_CASES,
+    on_cell: Callable[[SearchResult], None] | None = None,
     progress: bool | None = None,
 ) -> SearchResult:
     """Every implementation on ``examples`` cases per (dtype, regime) cell.
@@ -100,8 +110,14 @@ def search(
     ``fails(record)`` marks a record as a failure: the cell then stops, shrinks the case
     (running only ``subject``, when given) and reports it as a counterexample. Shrinking
     shares ``shrink_seconds`` across the run; past it, failures are reported unshrunk.
-    Without ``fails``, every case is kept.
+    Without ``fails``, every case is kept. ``done`` maps case ids to records already
+    computed (a resumed run): those cases are not run again. Ctrl-C stops the run and
+    returns what was computed, with ``interrupted`` set. Finally ``self_check`` cases are
+    re-evaluated by the oracle at higher precision, mpmath only; a disagreement is a tool
+    error.
     """
+    caller = caller or Caller()
+    done = done or {}
     result = SearchResult()
     start = time.perf_counter()
     shrink_left = shrink_seconds
@@ -117,7 +133,10 @@ def search(
             def visit(case: Case) -> None:
                 nonlocal shrinking
                 running = [subject] if shrinking and subject else implementations
-                records = run_case(case, running, policy)
+                if not shrinking and case.case_id in done:
+                    records = done[case.case_id]
+                else:
+                    records = run_case(case, running, policy, caller)
                 failing = [r for r in records if fails and fails(r)]
                 if not shrinking and case.case_id not in result.cases:
                     bar.update(1)
@@ -144,10 +163,47 @@ def search(
                 result.counterexamples.append(Counterexample(flagged.case, flagged.record))
                 if flagged.case.case_id not in result.cases:
                     result.cases[flagged.case.case_id] = flagged.case
-                    result.records.extend(run_case(flagged.case, implementations, policy))
+                    result.records.extend(run_case(flagged.case, implementations, policy, caller))
+            except KeyboardInterrupt:
+                result.interrupted = True
+                break
             except Exception as exc:
                 result.errors.append(f"{fmt.name}/{regime}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
             if shrinking:
                 shrink_left -= time.perf_counter() - cell_start
+            if on_cell:
+                try:
+                    on_cell(result)  # e.g. a checkpoint of the partial report
+                except KeyboardInterrupt:
+                    result.interrupted = True
+                    break
+    if not result.interrupted:
+        try:
+            result.errors.extend(oracle_self_check(result, self_check))
+        except KeyboardInterrupt:
+            result.interrupted = True
     result.seconds = time.perf_counter() - start
     return result
+
+
+def oracle_self_check(result: SearchResult, count: int) -> list[str]:
+    """Re-evaluate ``count`` of the run's cases (evenly spread) with the mpmath tier alone,
+    starting at twice the usual precision; every disagreement is returned as a tool error."""
+    by_case = {}
+    for record in result.records:
+        if record["reduction"] == "none" and record["oracle_certified"]:
+            by_case.setdefault(record["case_id"], record)
+    small = [cid for cid in by_case if result.cases[cid].logits.numel() <= SELF_CHECK_MAX_ELEMENTS]
+    chosen = small[:: max(1, len(small) // count)][:count] if count else []
+    errors = []
+    for case_id in chosen:
+        case = result.cases[case_id]
+        first = oracle.evaluate(case.logits, case.targets)
+        again = oracle.evaluate(case.logits, case.targets, start_precision=2 * (case.format.precision + 53) + 80,
+                                tiers=("mpmath",))  # fmt: skip
+        for sample, (a, b) in enumerate(zip(first, again)):
+            if not (a.value == b.value or (math.isnan(a.value) and math.isnan(b.value))):
+                errors.append(f"oracle self-check: case {case_id} sample {sample}: {a.value!r} ({a.method}) "
+                              f"but {b.value!r} at higher precision")  # fmt: skip
+    result.self_checked = len(chosen)
+    return errors

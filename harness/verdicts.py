@@ -78,7 +78,7 @@ def judge(
     nonfinite_out = ~np.isfinite(outputs)
     verdict = np.select(
         [
-            np.isin(outcomes, ["raised", "bad_output"]),
+            np.isin(outcomes, ["raised", "bad_output", "timeout", "mutated_input", "nondeterministic"]),
             outcomes == "uncertified",
             accept_nonfinite & nonfinite_out,
             special_input,

@@ -31,7 +31,7 @@ def render_summary(headline: pd.DataFrame, summary: pd.DataFrame, manifest: dict
     head = headline.assign(exact_share=headline["exact_share"].map(lambda s: f"{100 * s:.0f}%"))
     nonzero = [c for c in summary.columns if not (summary[c].dtype.kind in "iu" and summary[c].eq(0).all())]
     lines = [
-        f"# Cross-entropy audit{' (PARTIAL)' if manifest.get('status') != 'complete' else ''}",
+        "# Cross-entropy audit" + ("" if manifest.get("status") == "complete" else " (PARTIAL: interrupted)"),
         "",
         f"`{manifest['command']}` — seed {manifest['seed']}, {manifest['cases']} cases, "
         f"{manifest['records']} records, {manifest['seconds']:.1f} s",

@@ -16,12 +16,12 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.formats import FORMATS  # noqa: E402
-from harness.loading import load_implementation  # noqa: E402
-from harness.profiles import resolve_profile  # noqa: E402
-from harness.search import search  # noqa: E402
-from strategies import REGIMES  # noqa: E402
-from tests.implementations import mutants  # noqa: E402
+from harness.formats import FORMATS
+from harness.loading import load_implementation
+from harness.profiles import resolve_profile
+from harness.search import search
+from strategies import REGIMES
+from tests.implementations import mutants
 
 SOUND = ["torch_ce", "upcast_float32", "cross_entropy_from_scratch"]
 
@@ -35,7 +35,9 @@ def main() -> None:
     implementations = [load_implementation(s) for s in specs]
     flagged = []
     for seed in range(args.seeds):
-        found = search(list(FORMATS.values()), list(REGIMES), implementations, profile=resolve_profile("dev"), seed=seed)
+        found = search(
+            list(FORMATS.values()), list(REGIMES), implementations, profile=resolve_profile("dev"), seed=seed
+        )
         records = pd.DataFrame(found.records)
         records["impl"] = records["impl"].str.rsplit(":", n=1).str[-1]
         per = records.assign(unstable=records["verdict"].eq("unstable")).groupby(["impl", "dtype"])["unstable"].any()

@@ -95,7 +95,7 @@ def test_check_api_result_and_shrunk_counterexample():
     assert cx.case.regime == "offset" and cx.case.logits.shape[1] <= 4  # shrunk to a tiny row
     text = result.describe(replay_dir="out")
     assert "counterexample" in text and "python -m harness replay out" in text
-    assert list(result.worst_cases(2)["verdict"])[0] == "unstable"
+    assert result.worst_cases(2)["verdict"].iloc[0] == "unstable"
     assert set(result.versus_reference()["versus_torch"]) <= {"better", "same", "worse"}
 
 
