@@ -26,11 +26,23 @@ import mpmath
 import pandas as pd
 import torch
 
+# Everything is imported up front: Hypothesis mixes constants from the project's loaded
+# modules into its draws, so the set of loaded modules is kept the same for a whole run
+# (a resumed run draws what an uninterrupted one would).
+from harness import baseline as baselines
+from harness.api import check
 from harness.calling import DEFAULT_TIMEOUT, Caller
 from harness.formats import FORMATS, Format, parse_dtype
 from harness.loading import LoadError, load_implementation
 from harness.profiles import PROFILES, resolve_profile
 from harness.registry import REGISTRY, Implementation
+from harness.replay import replay_case
+from harness.runner import RECORD_COLUMNS
+from harness.search import search
+from harness.verdicts import Policy
+from reports.markdown import render_summary
+from reports.stats import headline, summarize
+from reports.store import load_cases, load_manifest, load_records, write_report
 from strategies import REGIMES
 
 __all__ = ["main"]
@@ -181,9 +193,6 @@ def _regimes(args: argparse.Namespace, max_classes: int) -> list[str]:
 
 
 def _write(args, argv, records: pd.DataFrame, stored_ids: set[str], found, extra: dict, status: str) -> pd.DataFrame:
-    from reports.markdown import render_summary
-    from reports.stats import headline, summarize
-    from reports.store import write_report
 
     summary = summarize(records)
     keep = stored_ids | set(summary["worst_case"]) | set(records.loc[records["outcome"].ne("exact"), "case_id"])
@@ -191,7 +200,8 @@ def _write(args, argv, records: pd.DataFrame, stored_ids: set[str], found, extra
         "command": shlex.join(["python", "-m", "harness", *argv]),
         "seed": args.seed,
         "status": status,
-        "cases": len(found.cases),
+        "cases": int(records["case_id"].nunique()),
+        "completed_cells": found.completed_cells,
         "records": len(records),
         "seconds": found.seconds,
         "oracle_seconds": float(records.drop_duplicates("case_id")["oracle_seconds"].sum()),
@@ -207,36 +217,40 @@ def _write(args, argv, records: pd.DataFrame, stored_ids: set[str], found, extra
     return summary
 
 
-def _resume(args: argparse.Namespace) -> tuple[argparse.Namespace, dict[str, list[dict]]]:
-    """Settings and finished records of the audit in args.resume."""
-    from reports.store import load_manifest, load_records
+def _resume(args: argparse.Namespace) -> tuple[argparse.Namespace, dict, dict]:
+    """Settings, finished cells' records and stored cases of the audit in args.resume.
+
+    Finished (dtype, regime) cells are kept as they are; the cell that was interrupted
+    runs again from its start, so the resumed report equals an uninterrupted one.
+    """
 
     try:
         manifest = load_manifest(args.resume)
         records = load_records(args.resume)
+        stored = load_cases(args.resume)
         args.seed, args.examples, args.max_classes = manifest["seed"], manifest["examples"], manifest["max_classes"]
         args.profile, args.regime = manifest["profile"], manifest["regimes"]
         args.dtype = [parse_dtype(name) for name in manifest["dtypes"]]
         args.impl = [i["name"] if i["source"] == "built-in" else i["source"] for i in manifest["implementations"]]
+        completed = {tuple(cell) for cell in manifest["completed_cells"]}
     except (FileNotFoundError, KeyError, ValueError, TypeError) as exc:
         raise UsageError(f"cannot resume from {args.resume}: {exc}") from None
     args.out = args.resume
-    done: dict[str, list[dict]] = {}
+    records["output_bits"] = records["output_bits"].fillna("")
+    records["message"] = records["message"].fillna("")
+    finished: dict[tuple[str, str], list[dict]] = {}
     for record in records.to_dict(orient="records"):
-        record["output_bits"] = "" if pd.isna(record["output_bits"]) else record["output_bits"]
-        record["message"] = "" if pd.isna(record["message"]) else record["message"]
-        done.setdefault(record["case_id"], []).append(record)
-    return args, done
+        cell = (record["dtype"], record["regime"])
+        if cell in completed:
+            finished.setdefault(cell, []).append(record)
+    return args, finished, stored
 
 
 def _audit(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from harness.runner import RECORD_COLUMNS
-    from harness.search import search
-    from harness.verdicts import Policy
 
-    done: dict[str, list[dict]] = {}
+    finished, stored = {}, {}
     if args.resume:
-        args, done = _resume(args)
+        args, finished, stored = _resume(args)
     settings = _settings(args)
     regimes = _regimes(args, settings["max_classes"])
     implementations = _implementations(args.impl)
@@ -245,7 +259,7 @@ def _audit(args: argparse.Namespace, argv: Sequence[str]) -> int:
         "dtypes": [f.name for f in settings["formats"]], "regimes": regimes, "profile": settings["profile"].name,
         "examples": settings["examples"], "max_classes": settings["max_classes"], "timeout": args.timeout,
         "implementations": [{"name": i.name, "source": i.source} for i in implementations],
-        "resumed_cases": len(done),
+        "resumed_cells": len(finished),
     }  # fmt: skip
 
     def frame(found) -> pd.DataFrame:
@@ -257,7 +271,7 @@ def _audit(args: argparse.Namespace, argv: Sequence[str]) -> int:
     found = search(
         settings["formats"], regimes, implementations, profile=settings["profile"], seed=args.seed,
         examples=settings["examples"], max_classes=settings["max_classes"], policy=Policy(max_ulps=args.max_ulps),
-        caller=Caller(timeout=args.timeout), done=done, on_cell=checkpoint,
+        caller=Caller(timeout=args.timeout), finished=finished, finished_cases=stored, on_cell=checkpoint,
     )  # fmt: skip
     status = "partial" if found.interrupted else "complete"
     _write(args, argv, frame(found), set(), found, extra, status=status)
@@ -272,8 +286,6 @@ def _audit(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _check(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from harness import baseline as baselines
-    from harness.api import check
 
     settings = _settings(args)
     regimes = _regimes(args, settings["max_classes"])
@@ -339,7 +351,6 @@ def _check(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from harness.replay import replay_case
 
     try:
         text = replay_case(args.report, args.case_id, args.impl)

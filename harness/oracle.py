@@ -37,6 +37,7 @@ import mpmath.libmp as mp
 import numpy as np
 import torch
 
+from harness.fast_tier import certify_mean, certify_rows
 from harness.formats import Format, format_of, round_scaled
 
 __all__ = ["OracleValue", "cross_entropy", "evaluate", "row_loss"]
@@ -218,8 +219,6 @@ def evaluate(
     fmt = format_of(dtype or logits.dtype)
     decided: dict[int, OracleValue] = {}
     if "float64" in tiers and fmt.precision < 53 and start_precision is None and rows:
-        from harness.fast_tier import certify_rows
-
         certified, values, estimates = certify_rows(logits, torch.tensor(target_list), fmt)
         for i in np.flatnonzero(certified):
             decided[int(i)] = OracleValue(float(values[i]), float(estimates[i]), True, 53, "float64")
@@ -269,8 +268,6 @@ def mean_loss(
         value = math.fsum(s for s in specials if s is not None)  # nan beats inf, inf + inf = inf
         return OracleValue(value, value, True, 0, "special")
     if "float64" in tiers and fmt.precision < 53 and start_precision is None:
-        from harness.fast_tier import certify_mean
-
         certified, value, estimate = certify_mean(logits, torch.tensor(target_list), fmt)
         if certified:
             return OracleValue(value, estimate, True, 53, "float64")

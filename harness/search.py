@@ -55,6 +55,8 @@ class SearchResult:
     seconds: float = 0.0
     interrupted: bool = False
     self_checked: int = 0
+    completed_cells: list[tuple[str, str]] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)  # ids of every case with records
 
 
 class _Flagged(Exception):
@@ -71,7 +73,8 @@ def cell_seed(seed: int, fmt: Format, regime: str) -> int:
 def _score(records: list[dict]) -> float:
     """What targeted search climbs: the worst error over the allowance, finite by construction."""
     ratios = [r["allowance_ratio"] for r in records if not math.isnan(r["allowance_ratio"])]
-    return math.log2(1.0 + min(max(ratios, default=0.0), 1e300))
+    # rounded, so a score re-read from a report (a resumed run) steers the search identically
+    return round(math.log2(1.0 + min(max(ratios, default=0.0), 1e300)), 6)
 
 
 @contextmanager
@@ -100,7 +103,8 @@ def search(
     subject: Implementation | None = None,
     shrink_seconds: float = SHRINK_SECONDS,
     caller: Caller | None = None,
-    done: dict[str, list[dict]] | None = None,
+    finished: dict[tuple[str, str], list[dict]] | None = None,
+    finished_cases: dict[str, Case] | None = None,
     self_check: int = SELF_CHECK_CASES,
     on_cell: Callable[[SearchResult], None] | None = None,
     progress: bool | None = None,
@@ -110,14 +114,16 @@ def search(
     ``fails(record)`` marks a record as a failure: the cell then stops, shrinks the case
     (running only ``subject``, when given) and reports it as a counterexample. Shrinking
     shares ``shrink_seconds`` across the run; past it, failures are reported unshrunk.
-    Without ``fails``, every case is kept. ``done`` maps case ids to records already
-    computed (a resumed run): those cases are not run again. Ctrl-C stops the run and
+    Without ``fails``, every case is kept. ``finished`` maps (dtype name, regime) cells
+    of a resumed run to their records: those cells are not run again (and
+    ``finished_cases`` supplies their stored cases). Ctrl-C stops the run and
     returns what was computed, with ``interrupted`` set. Finally ``self_check`` cases are
     re-evaluated by the oracle at higher precision, mpmath only; a disagreement is a tool
     error.
     """
     caller = caller or Caller()
-    done = done or {}
+    finished = finished or {}
+    finished_cases = finished_cases or {}
     result = SearchResult()
     start = time.perf_counter()
     shrink_left = shrink_seconds
@@ -127,19 +133,26 @@ def search(
     show = sys.stderr.isatty() if progress is None else progress
     with tqdm(total=len(cells) * examples, disable=not show, unit="case", desc="cases") as bar:
         for fmt, regime in cells:
+            if (fmt.name, regime) in finished:
+                records = finished[(fmt.name, regime)]
+                result.records.extend(records)
+                result.seen.update(r["case_id"] for r in records)
+                result.cases.update({r["case_id"]: finished_cases[r["case_id"]] for r in records
+                                     if r["case_id"] in finished_cases})  # fmt: skip
+                result.completed_cells.append((fmt.name, regime))
+                bar.update(examples)
+                continue
             shrinking = False
             phases = [Phase.generate, Phase.target] + ([Phase.shrink] if fails and shrink_left > 0 else [])
 
             def visit(case: Case) -> None:
                 nonlocal shrinking
                 running = [subject] if shrinking and subject else implementations
-                if not shrinking and case.case_id in done:
-                    records = done[case.case_id]
-                else:
-                    records = run_case(case, running, policy, caller)
+                records = run_case(case, running, policy, caller)
                 failing = [r for r in records if fails and fails(r)]
-                if not shrinking and case.case_id not in result.cases:
+                if not shrinking and case.case_id not in result.seen:  # Hypothesis may replay a case
                     bar.update(1)
+                    result.seen.add(case.case_id)
                     result.cases[case.case_id] = case
                     result.records.extend(records)
                 if failing:
@@ -161,14 +174,16 @@ def search(
                     body()
             except _Flagged as flagged:
                 result.counterexamples.append(Counterexample(flagged.case, flagged.record))
-                if flagged.case.case_id not in result.cases:
+                if flagged.case.case_id not in result.seen:
+                    result.seen.add(flagged.case.case_id)
                     result.cases[flagged.case.case_id] = flagged.case
                     result.records.extend(run_case(flagged.case, implementations, policy, caller))
             except KeyboardInterrupt:
                 result.interrupted = True
                 break
-            except Exception as exc:
+            except Exception as exc:  # e.g. Hypothesis's Flaky: recorded, and the run goes on
                 result.errors.append(f"{fmt.name}/{regime}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+            result.completed_cells.append((fmt.name, regime))
             if shrinking:
                 shrink_left -= time.perf_counter() - cell_start
             if on_cell:
@@ -191,7 +206,7 @@ def oracle_self_check(result: SearchResult, count: int) -> list[str]:
     starting at twice the usual precision; every disagreement is returned as a tool error."""
     by_case = {}
     for record in result.records:
-        if record["reduction"] == "none" and record["oracle_certified"]:
+        if record["reduction"] == "none" and record["oracle_certified"] and record["case_id"] in result.cases:
             by_case.setdefault(record["case_id"], record)
     small = [cid for cid in by_case if result.cases[cid].logits.numel() <= SELF_CHECK_MAX_ELEMENTS]
     chosen = small[:: max(1, len(small) // count)][:count] if count else []

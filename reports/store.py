@@ -82,7 +82,8 @@ def load_manifest(folder: Path) -> dict:
 
 
 def load_records(folder: Path) -> pd.DataFrame:
-    return pd.read_csv(Path(folder) / RECORDS_CSV, dtype={"output_bits": str})
+    # round_trip: pandas' default float parser can be an ulp off, and records must not change
+    return pd.read_csv(Path(folder) / RECORDS_CSV, dtype={"output_bits": str}, float_precision="round_trip")
 
 
 def load_cases(folder: Path) -> dict[str, Case]:
