@@ -32,7 +32,9 @@ import torch
 from harness import baseline as baselines
 from harness.api import check
 from harness.calling import DEFAULT_TIMEOUT, Caller
+from harness.demo import dominant_case, find_thresholds, loss_curves
 from harness.formats import FORMATS, Format, parse_dtype
+from harness.implementations import PRECISION
 from harness.loading import LoadError, load_implementation
 from harness.profiles import PROFILES, resolve_profile
 from harness.registry import REGISTRY, Implementation
@@ -40,9 +42,11 @@ from harness.replay import replay_case
 from harness.runner import RECORD_COLUMNS
 from harness.search import search
 from harness.verdicts import Policy
+from reports.demo import curves_png, render_demo
 from reports.markdown import render_summary
+from reports.precision import findings, precision_table
 from reports.stats import headline, summarize
-from reports.store import load_cases, load_manifest, load_records, write_report
+from reports.store import atomic_write, load_cases, load_manifest, load_records, write_report
 from strategies import REGIMES
 
 __all__ = ["main"]
@@ -130,6 +134,11 @@ def _parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="run implementations over the strategies and write a report")
     _search_options(audit, OUT_ROOT / "audit")
     audit.add_argument("--impl", action="append", help="built-in name, module:function or file.py:function")
+    audit.add_argument(
+        "--precision",
+        action="store_true",
+        help="compare low-precision ways of computing the loss (float16 and bfloat16 by default)",
+    )
     audit.add_argument("--resume", type=Path, metavar="DIR",
                        help="continue the partial audit in DIR with its own settings")  # fmt: skip
 
@@ -140,6 +149,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--device", default="cpu", help="where the implementation runs (default cpu)")
     check.add_argument("--save-baseline", type=Path, help="record per-(dtype, regime) statistics to FILE")
     check.add_argument("--baseline", type=Path, help="fail when worse than the statistics in FILE")
+
+    demo = sub.add_parser("demo", help="overflow/underflow demonstration: thresholds by search, a plot, a page")
+    demo.add_argument("--out", type=Path, default=OUT_ROOT / "demo", help="folder (default harness-out/demo)")
 
     replay = sub.add_parser("replay", help="re-run one stored case of a report, bit for bit")
     replay.add_argument("report", type=Path, help="report folder written by audit or check")
@@ -159,9 +171,9 @@ def _versions() -> dict:
     }
 
 
-def _implementations(specs: Sequence[str] | None) -> list[Implementation]:
+def _implementations(specs: Sequence[str] | None, default=REGISTRY) -> list[Implementation]:
     if not specs:
-        return list(REGISTRY)
+        return list(default)
     try:
         return [load_implementation(spec) for spec in specs]
     except LoadError as exc:
@@ -213,7 +225,8 @@ def _write(args, argv, records: pd.DataFrame, stored_ids: set[str], found, extra
         **extra,
     }
     markdown = render_summary(headline(records), summary, manifest)
-    write_report(args.out, records, summary, markdown, [c for i, c in found.cases.items() if i in keep], manifest)
+    stored = [c for i, c in found.cases.items() if i in keep]
+    write_report(args.out, records, summary, markdown, stored, manifest, with_html=status == "complete")
     return summary
 
 
@@ -251,11 +264,14 @@ def _audit(args: argparse.Namespace, argv: Sequence[str]) -> int:
     finished, stored = {}, {}
     if args.resume:
         args, finished, stored = _resume(args)
+    if args.precision and not args.dtype:
+        args.dtype = [FORMATS["float16"], FORMATS["bfloat16"]]
     settings = _settings(args)
     regimes = _regimes(args, settings["max_classes"])
-    implementations = _implementations(args.impl)
+    implementations = _implementations(args.impl, PRECISION if args.precision else REGISTRY)
     _check_writable(args.out)
     extra = {
+        "precision": args.precision,
         "dtypes": [f.name for f in settings["formats"]], "regimes": regimes, "profile": settings["profile"].name,
         "examples": settings["examples"], "max_classes": settings["max_classes"], "timeout": args.timeout,
         "implementations": [{"name": i.name, "source": i.source} for i in implementations],
@@ -274,15 +290,52 @@ def _audit(args: argparse.Namespace, argv: Sequence[str]) -> int:
         caller=Caller(timeout=args.timeout), finished=finished, finished_cases=stored, on_cell=checkpoint,
     )  # fmt: skip
     status = "partial" if found.interrupted else "complete"
-    _write(args, argv, frame(found), set(), found, extra, status=status)
+    records = frame(found)
+    _write(args, argv, records, set(), found, extra, status=status)
     if not args.quiet:
         print((args.out / "summary.md").read_text())
+    if args.precision and len(records):
+        print(_precision_report(records, args.out))
     for error in found.errors:
         print(f"harness: TOOL ERROR: {error}", file=sys.stderr)
     print(f"report written to {args.out}{' (partial)' if found.interrupted else ''}", file=sys.stderr)
     if found.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_TOOL_ERROR if found.errors else EXIT_OK
+
+
+def _precision_report(records: pd.DataFrame, out: Path) -> str:
+    table = precision_table(records)
+    above = findings(records)
+    atomic_write(out / "precision.csv", table.to_csv(index=False))
+    lines = ["# Precision audit", "",
+             "Shares of results per ULP distance from the correctly rounded loss; error / bound is the measured "
+             "error over the Blanchard–Higham–Higham bound of the shifted algorithm.", "",
+             table.to_markdown(index=False, floatfmt=".3g"), ""]  # fmt: skip
+    if above.empty:
+        lines.append("No measured error exceeds the bound.")
+    else:
+        lines += [f"## Findings: {len(above)} results above the bound", "",
+                  above.head(20).to_markdown(index=False, floatfmt=".4g"), "",
+                  f"Replay any of them: python -m harness replay {out} CASE_ID"]  # fmt: skip
+    text = "\n".join(lines) + "\n"
+    atomic_write(out / "precision.md", text)
+    return text
+
+
+def _demo(args: argparse.Namespace) -> int:
+    _check_writable(args.out)
+    thresholds = [find_thresholds(fmt) for fmt in FORMATS.values()]
+    scales = [2.0 ** (k / 4) for k in range(-4, 45)]
+    curves = {fmt.name: loss_curves(fmt, scales) for fmt in FORMATS.values()}
+    plot = curves_png(curves, {t.dtype: t.theory_overflow for t in thresholds})
+    markdown, page = render_demo(thresholds, dominant_case(), plot)
+    atomic_write(args.out / "demo.png", plot)
+    atomic_write(args.out / "demo.md", markdown)
+    atomic_write(args.out / "demo.html", page)
+    print(markdown)
+    print(f"demo written to {args.out}", file=sys.stderr)
+    return EXIT_OK
 
 
 def _check(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -379,6 +432,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _audit(args, argv)
         if args.command == "check":
             return _check(args, argv)
+        if args.command == "demo":
+            return _demo(args)
         return _replay(args)
     except UsageError as exc:
         print(f"harness: error: {exc}", file=sys.stderr)

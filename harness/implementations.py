@@ -8,9 +8,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from harness.registry import REGISTRY
+from harness.registry import REGISTRY, Registry
 
-__all__ = ["naive", "stable", "torch_cross_entropy"]
+__all__ = ["PRECISION", "naive", "stable", "torch_cross_entropy"]
 
 
 @REGISTRY.declare("stable", description="the seed notebook's max shift + log-sum-exp + advanced indexing")
@@ -31,3 +31,33 @@ def naive(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 @REGISTRY.declare("torch", description="torch.nn.functional.cross_entropy(reduction='none')")
 def torch_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, targets, reduction="none")
+
+
+# Ways of computing the same loss in low precision, compared by `audit --precision`.
+PRECISION = Registry()
+LOW_PRECISION = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@PRECISION.declare("pure_low_precision", dtypes=LOW_PRECISION,
+                   description="the shifted algorithm with every elementary op rounded to the dtype")  # fmt: skip
+def pure_low_precision(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return stable(logits, targets)
+
+
+@PRECISION.declare("float32_accumulate", dtypes=LOW_PRECISION,
+                   description="computed in float32, rounded once to the dtype at the end")  # fmt: skip
+def float32_accumulate(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), targets, reduction="none").to(logits.dtype)
+
+
+@PRECISION.declare("torch_native", dtypes=LOW_PRECISION,
+                   description="torch.nn.functional.cross_entropy in the dtype itself")  # fmt: skip
+def torch_native(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, targets, reduction="none")
+
+
+@PRECISION.declare("torch_autocast", dtypes=(torch.float16, torch.bfloat16),
+                   description="float32 logits under torch.autocast('cpu', dtype), rounded to the dtype")  # fmt: skip
+def torch_autocast(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    with torch.autocast("cpu", dtype=logits.dtype):
+        return F.cross_entropy(logits.float(), targets, reduction="none").to(logits.dtype)

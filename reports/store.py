@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from reports.html import render_html
 from strategies import Case
 
 __all__ = ["atomic_write", "load_cases", "load_manifest", "load_records", "write_report"]
@@ -19,6 +20,7 @@ RECORDS_CSV = "records.csv"
 RECORDS_PARQUET = "records.parquet"
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
+REPORT_HTML = "report.html"
 CASES = "cases.jsonl"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -58,6 +60,7 @@ def write_report(
     markdown: str,
     cases: Iterable[Case],
     manifest: dict,
+    with_html: bool = True,
 ) -> None:
     """Write every file of a report folder; the manifest goes last, so its presence means done."""
     out.mkdir(parents=True, exist_ok=True)
@@ -67,6 +70,8 @@ def write_report(
         atomic_write(out / RECORDS_PARQUET, parquet)
     atomic_write(out / SUMMARY_CSV, summary.to_csv(index=False))
     atomic_write(out / SUMMARY_MD, markdown)
+    if with_html and len(records):  # checkpoints skip the plots: they cost a second or two
+        atomic_write(out / REPORT_HTML, render_html(records, summary, manifest, str(out)))
     atomic_write(out / CASES, "".join(json.dumps(c.to_json()) + "\n" for c in cases))
     atomic_write(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
@@ -82,8 +87,9 @@ def load_manifest(folder: Path) -> dict:
 
 
 def load_records(folder: Path) -> pd.DataFrame:
-    # round_trip: pandas' default float parser can be an ulp off, and records must not change
-    return pd.read_csv(Path(folder) / RECORDS_CSV, dtype={"output_bits": str}, float_precision="round_trip")
+    # pandas < 3 parses floats fast but up to an ulp off unless asked to round-trip; 3 always does
+    exact = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
+    return pd.read_csv(Path(folder) / RECORDS_CSV, dtype={"output_bits": str}, **exact)
 
 
 def load_cases(folder: Path) -> dict[str, Case]:

@@ -1,0 +1,113 @@
+"""Overflow and underflow demonstrations: thresholds found by search, not read from a table.
+
+For each dtype, bisection over the format's own values finds the smallest logit at which
+the naive softmax-then-log returns inf or NaN, and the logit below which exp underflows
+to 0; both are set beside the theoretical thresholds (ln of the largest finite value,
+ln of half the smallest subnormal). The stable version and torch run on the same inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from harness import oracle
+from harness.formats import FORMATS, Format, ulp_distance
+from harness.implementations import naive, stable, torch_cross_entropy
+
+__all__ = ["Threshold", "dominant_case", "find_thresholds", "loss_curves"]
+
+
+@dataclass(frozen=True)
+class Threshold:
+    dtype: str
+    naive_breaks_at: float  # smallest logit x where naive([x, 0]) is not finite
+    theory_overflow: float  # ln of the overflow boundary
+    exp_underflows_below: float  # exp(x) rounds to 0 for every format value x below this
+    theory_underflow: float
+    ulp_at_overflow: float
+    ulp_at_underflow: float
+    stable_loss: float  # on [naive_breaks_at, 0] with target 1
+    torch_loss: float
+    oracle_loss: float
+    stable_ulps: float
+    torch_ulps: float
+
+
+def _value(fmt: Format, ordinal: int) -> float:
+    return torch.tensor(ordinal, dtype=torch.int64).to(fmt.int_dtype).view(fmt.dtype).item()
+
+
+def _ordinal(fmt: Format, value: float) -> int:
+    return int(torch.tensor(value, dtype=fmt.dtype).view(fmt.int_dtype).item())
+
+
+def _first_true(fmt: Format, lo: float, hi: float, predicate) -> float:
+    """Smallest positive format value in [lo, hi] where predicate holds (predicate monotone, true at hi)."""
+    a, b = _ordinal(fmt, lo), _ordinal(fmt, hi)
+    while a < b:
+        mid = (a + b) // 2
+        if predicate(_value(fmt, mid)):
+            b = mid
+        else:
+            a = mid + 1
+    return _value(fmt, a)
+
+
+def _ulp(fmt: Format, value: float) -> float:
+    """Spacing of the format just above |value| (value rounded into the format first)."""
+    ordinal = _ordinal(fmt, abs(value))
+    return _value(fmt, ordinal + 1) - _value(fmt, ordinal)
+
+
+def find_thresholds(fmt: Format) -> Threshold:
+    targets = torch.tensor([1])
+
+    def naive_breaks(x: float) -> bool:
+        return not torch.isfinite(naive(torch.tensor([[x, 0.0]], dtype=fmt.dtype), targets)).all()
+
+    breaks = _first_true(fmt, 1.0, fmt.max_finite, naive_breaks)
+
+    def exp_positive(magnitude: float) -> bool:  # true once -magnitude is small enough... searched as |x|
+        return torch.exp(torch.tensor(-magnitude, dtype=fmt.dtype)).item() == 0.0
+
+    # |x| from which exp(-|x|) is 0: values below -underflows_from underflow
+    underflows_from = _first_true(fmt, 1.0, fmt.max_finite, exp_positive)
+    below = -_value(fmt, _ordinal(fmt, underflows_from) - 1)  # the last x whose exp is still positive
+    logits = torch.tensor([[breaks, 0.0]], dtype=fmt.dtype)
+    truth = oracle.cross_entropy(logits, targets, fmt.dtype)
+    outputs = {name: fn(logits, targets) for name, fn in (("stable", stable), ("torch", torch_cross_entropy))}
+    return Threshold(
+        fmt.name, breaks, fmt.exp_overflow, below, fmt.exp_underflow, _ulp(fmt, fmt.exp_overflow),
+        _ulp(fmt, fmt.exp_underflow), outputs["stable"].item(), outputs["torch"].item(), truth.item(),
+        float(ulp_distance(outputs["stable"], truth)[0]), float(ulp_distance(outputs["torch"], truth)[0]),
+    )  # fmt: skip
+
+
+def dominant_case(fmt: Format = FORMATS["float32"], gap: float = 20.0) -> dict:
+    """One dominant logit at the target: the true loss log1p(exp(-gap)) is tiny, but 1 + tiny rounds to 1."""
+    logits = torch.tensor([[gap, 0.0]], dtype=fmt.dtype)
+    targets = torch.tensor([0])
+    (value,) = oracle.evaluate(logits, targets)
+    return {
+        "dtype": fmt.name, "logits": [gap, 0.0], "target": 0, "oracle": value.value, "exact": value.exact,
+        "stable": stable(logits, targets).item(), "torch": torch_cross_entropy(logits, targets).item(),
+        "naive": naive(logits, targets).item(),
+    }  # fmt: skip
+
+
+def loss_curves(fmt: Format, scales: list[float]) -> dict[str, list[float]]:
+    """Loss of [s, 0] with target 1 (exactly softplus(s)) for each scale s, per method and the oracle."""
+    curves: dict[str, list[float]] = {"scale": [], "naive": [], "stable": [], "torch": [], "oracle": []}
+    targets = torch.tensor([1])
+    for s in scales:
+        logits = torch.tensor([[s, 0.0]], dtype=torch.float64).to(fmt.dtype)
+        if not math.isfinite(logits[0, 0].item()):
+            continue
+        curves["scale"].append(logits[0, 0].item())
+        for name, fn in (("naive", naive), ("stable", stable), ("torch", torch_cross_entropy)):
+            curves[name].append(fn(logits, targets).item())
+        curves["oracle"].append(oracle.cross_entropy(logits, targets, fmt.dtype).item())
+    return curves
