@@ -27,19 +27,16 @@ CATEGORIES = {
 }
 
 
+_BY_OUTCOME = {"exact": "exact", "spurious_inf": "spurious inf", "spurious_nan": "spurious NaN",
+               "uncertified": "uncertified oracle"}  # fmt: skip
+_BY_VERDICT = {"ok": "within tolerance", "inaccurate": "inaccurate", "unstable": "unstable",
+               "ungraded": "uncertified oracle"}  # fmt: skip
+
+
 def category(records: pd.DataFrame) -> pd.Series:
     """One report category per record, from its outcome and verdict."""
-    by_outcome = records["outcome"].map(
-        {
-            "exact": "exact",
-            "spurious_inf": "spurious inf",
-            "spurious_nan": "spurious NaN",
-            "uncertified": "uncertified oracle",
-        }  # fmt: skip
-    )
-    by_verdict = records["verdict"].map({"ok": "within tolerance", "inaccurate": "inaccurate", "unstable": "unstable",
-                                         "ungraded": "uncertified oracle"})  # fmt: skip
-    return by_outcome.fillna(by_verdict).fillna("unstable")
+    by_verdict = records["verdict"].map(_BY_VERDICT)
+    return records["outcome"].map(_BY_OUTCOME).fillna(by_verdict).fillna("unstable")
 
 
 def png(figure) -> bytes:
