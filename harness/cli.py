@@ -31,6 +31,7 @@ import torch
 # (a resumed run draws what an uninterrupted one would).
 from harness import baseline as baselines
 from harness.api import check
+from harness.bench import run_bench
 from harness.calling import DEFAULT_TIMEOUT, Caller
 from harness.demo import dominant_case, find_thresholds, loss_curves
 from harness.formats import FORMATS, Format, parse_dtype
@@ -152,6 +153,11 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="overflow/underflow demonstration: thresholds by search, a plot, a page")
     demo.add_argument("--out", type=Path, default=OUT_ROOT / "demo", help="folder (default harness-out/demo)")
+
+    bench = sub.add_parser("bench", help="speed and memory ratios, measured side by side")
+    bench.add_argument("--rows", type=_positive, default=8, help="rows of the batch (default 8)")
+    bench.add_argument("--classes", type=_positive, default=131_072, help="classes of the batch (default 131072)")
+    bench.add_argument("--repeats", type=_positive, default=3, help="timings per measurement, best kept (default 3)")
 
     replay = sub.add_parser("replay", help="re-run one stored case of a report, bit for bit")
     replay.add_argument("report", type=Path, help="report folder written by audit or check")
@@ -434,6 +440,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(args, argv)
         if args.command == "demo":
             return _demo(args)
+        if args.command == "bench":
+            print(run_bench(args.rows, args.classes, args.repeats))
+            return EXIT_OK
         return _replay(args)
     except UsageError as exc:
         print(f"harness: error: {exc}", file=sys.stderr)

@@ -50,8 +50,9 @@ def enclose_rows(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Ten
     rows = torch.arange(n_rows)
     xt = x[rows, targets]
     ordinary = ~(torch.isnan(x) | torch.isposinf(x)).any(dim=1) & torch.isfinite(xt)
-    x = torch.where(ordinary.unsqueeze(1), x, torch.zeros_like(x))  # park other rows on zeros
-    xt = torch.where(ordinary, xt, torch.zeros_like(xt))
+    if not bool(ordinary.all()):
+        x = torch.where(ordinary.unsqueeze(1), x, torch.zeros_like(x))  # park other rows on zeros
+        xt = torch.where(ordinary, xt, torch.zeros_like(xt))
 
     m, k = x.max(dim=1)
     d = x - m.unsqueeze(1)

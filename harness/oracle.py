@@ -184,7 +184,8 @@ def row_loss(row: Sequence[float], target: int, fmt: Format, start_precision: in
         prec *= 2
 
 
-def _validated(logits: torch.Tensor, targets: torch.Tensor) -> tuple[list[list[float]], list[int]]:
+def _validated(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """The logits as float64 (exact) and the targets as ints, after checking shapes and types."""
     if logits.ndim != 2:
         raise ValueError(f"logits must have shape (N, C), got {tuple(logits.shape)}")
     if targets.shape != (logits.shape[0],):
@@ -197,7 +198,9 @@ def _validated(logits: torch.Tensor, targets: torch.Tensor) -> tuple[list[list[f
     if bad:
         raise ValueError(f"target {bad[0]} out of range for {n_classes} classes")
     format_of(logits.dtype)  # rejects dtypes the harness does not grade
-    return logits.detach().cpu().to(torch.float64).tolist(), target_list
+    # Rows become Python lists only when the mpmath tier needs them: tolist() of a
+    # million-element batch costs more than the whole fast tier.
+    return logits.detach().cpu().to(torch.float64), target_list
 
 
 def evaluate(
@@ -218,13 +221,11 @@ def evaluate(
     rows, target_list = _validated(logits, targets)
     fmt = format_of(dtype or logits.dtype)
     decided: dict[int, OracleValue] = {}
-    if "float64" in tiers and fmt.precision < 53 and start_precision is None and rows:
-        certified, values, estimates = certify_rows(logits, torch.tensor(target_list), fmt)
+    if "float64" in tiers and fmt.precision < 53 and start_precision is None and len(rows):
+        certified, values, estimates = certify_rows(rows, torch.tensor(target_list), fmt)
         for i in np.flatnonzero(certified):
             decided[int(i)] = OracleValue(float(values[i]), float(estimates[i]), True, 53, "float64")
-    return [
-        decided.get(i) or row_loss(row, t, fmt, start_precision) for i, (row, t) in enumerate(zip(rows, target_list))
-    ]
+    return [decided.get(i) or row_loss(rows[i].tolist(), t, fmt, start_precision) for i, t in enumerate(target_list)]
 
 
 def cross_entropy(
@@ -259,18 +260,19 @@ def mean_loss(
     tiers: Sequence[str] = TIERS,
 ) -> OracleValue:
     """Oracle value of the mean over samples, correctly rounded to dtype (default: the logits')."""
-    rows, target_list = _validated(logits, targets)
+    table, target_list = _validated(logits, targets)
     fmt = format_of(dtype or logits.dtype)
-    if not rows:
+    if not len(table):
         return OracleValue(math.nan, math.nan, True, 0, "special")
+    if "float64" in tiers and fmt.precision < 53 and start_precision is None:
+        certified, value, estimate = certify_mean(table, torch.tensor(target_list), fmt)
+        if certified:
+            return OracleValue(value, estimate, True, 53, "float64")
+    rows = table.tolist()
     specials = [_special(row, t) for row, t in zip(rows, target_list)]
     if any(s is not None for s in specials):
         value = math.fsum(s for s in specials if s is not None)  # nan beats inf, inf + inf = inf
         return OracleValue(value, value, True, 0, "special")
-    if "float64" in tiers and fmt.precision < 53 and start_precision is None:
-        certified, value, estimate = certify_mean(logits, torch.tensor(target_list), fmt)
-        if certified:
-            return OracleValue(value, estimate, True, 53, "float64")
     n = len(rows)
     prec = _start_precision(fmt, start_precision)
     f64 = format_of(torch.float64)

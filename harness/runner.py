@@ -31,11 +31,14 @@ RECORD_COLUMNS = (
 
 
 def _logit_stats(case: Case) -> dict:
-    finite = case.logits.to(torch.float64)
-    finite = finite[torch.isfinite(finite)]
-    if finite.numel() == 0:
+    """Largest finite |logit| and the finite spread (max - min) of the whole case."""
+    x = case.logits
+    finite = torch.isfinite(x)
+    if not bool(finite.any()):
         return {"max_abs_logit": math.nan, "spread": math.nan}
-    return {"max_abs_logit": finite.abs().max().item(), "spread": (finite.max() - finite.min()).item()}
+    top = torch.where(finite, x, torch.tensor(-math.inf, dtype=x.dtype)).max().item()
+    bottom = torch.where(finite, x, torch.tensor(math.inf, dtype=x.dtype)).min().item()
+    return {"max_abs_logit": max(abs(top), abs(bottom)), "spread": top - bottom}
 
 
 class _LazyOracle:

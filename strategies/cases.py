@@ -6,6 +6,7 @@ import base64
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from hypothesis import strategies as st
@@ -44,7 +45,7 @@ class Case:
     def _bit_bytes(self) -> bytes:
         return self.logits.contiguous().view(self.format.int_dtype).numpy().tobytes()
 
-    @property
+    @cached_property
     def case_id(self) -> str:
         """Content hash: the same bits, dtype, shape and targets always give the same id."""
         digest = hashlib.sha256()

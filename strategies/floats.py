@@ -66,22 +66,22 @@ def format_values(
         )
     if sign not in (None, 1, -1):
         raise InvalidArgument(f"sign must be None, 1 or -1, got {sign!r}")
-    # One integer per value: its rank among the format's values of that sign in the
-    # range, so adjacent choices are adjacent floats (targeted search moves in ULPs)
-    # and a value costs Hypothesis one choice instead of three.
+    # The exponent and the mantissa are separate integer choices: Hypothesis draws a small
+    # range (the exponent) close to uniformly but favours small values in a huge one, so a
+    # single rank over a float64 range would starve its upper binades. Mantissa steps are
+    # ULP steps, so targeted search still moves one float at a time within a binade.
     mantissa_bits = fmt.precision - 1
     first = fmt.emin - 1 if subnormals else lo  # emin - 1 stands for the subnormal binade and zero
-    ranks = st.integers(0, ((hi - first + 1) << mantissa_bits) - 1)
     signs = st.just(sign) if sign is not None else st.sampled_from((1, -1))
+    fields = st.tuples(signs, st.integers(first, hi), st.integers(0, (1 << mantissa_bits) - 1))
 
-    def build(fields: tuple[int, int]) -> float:
-        s, rank = fields
-        e, m = first + (rank >> mantissa_bits), rank & ((1 << mantissa_bits) - 1)
+    def build(drawn: tuple[int, int, int]) -> float:
+        s, e, m = drawn
         if e < fmt.emin:
             return s * math.ldexp(m, fmt.quantum_exponent)
         return s * math.ldexp((1 << mantissa_bits) + m, e - mantissa_bits)
 
-    return st.tuples(signs, ranks).map(build)
+    return fields.map(build)
 
 
 def near_values(dtype: torch.dtype | str | Format, center: float, *, max_ulps: int = 4) -> st.SearchStrategy[float]:

@@ -1,0 +1,95 @@
+"""`python -m harness bench`: speed and memory ratios, each measured side by side in one run.
+
+Ratios, not absolute times, are the goals (these machines are shared and noisy):
+- the fast oracle tier against torch's own float64 cross entropy on the same batch;
+- a whole audit of one case (oracle, every built-in called twice with checks, metrics)
+  against calling the three built-ins alone;
+- the mpmath tier against a plain per-element mpmath loop at 200 bits, on the same row;
+- peak memory of auditing an (8, 256000) case, in a fresh process.
+"""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import mpmath
+import torch
+import torch.nn.functional as F
+
+from harness import oracle
+from harness.formats import FORMATS
+from harness.implementations import naive, stable, torch_cross_entropy
+from harness.registry import REGISTRY
+from harness.runner import run_case
+from strategies import Case
+
+__all__ = ["run_bench"]
+
+
+def _best_of(fn: Callable[[], object], repeats: int) -> float:
+    """The fastest of several timings: the least disturbed by other work on the machine."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _plain_mpmath(row: list[float], target: int) -> mpmath.mpf:
+    with mpmath.workprec(200):
+        values = [mpmath.mpf(v) for v in row]
+        m = max(values)
+        return (m - values[target]) + mpmath.log(mpmath.fsum(mpmath.exp(v - m) for v in values))
+
+
+def _peak_memory_mib(rows: int, classes: int) -> float:
+    """Peak resident memory of a fresh process that audits one (rows, classes) float32 case."""
+    code = (
+        "import resource, torch\n"
+        "from harness.registry import REGISTRY\nfrom harness.runner import run_case\nfrom strategies import Case\n"
+        f"x = (torch.randn({rows}, {classes}, generator=torch.Generator().manual_seed(0)) * 3)\n"
+        f"run_case(Case(x, torch.arange({rows}) * 7, 'large_vocab'), list(REGISTRY))\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(done.stdout.strip().splitlines()[-1]) / 1024  # ru_maxrss is in KiB on Linux
+
+
+def run_bench(rows: int = 8, classes: int = 131_072, repeats: int = 3) -> str:
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(rows, classes, generator=generator) * 3
+    targets = torch.arange(rows) * 7
+    as_double = logits.double()
+    lines = [f"bench: ({rows}, {classes}) float32 logits, best of {repeats}; ratios are what to read", ""]
+
+    torch64 = _best_of(lambda: F.cross_entropy(as_double, targets, reduction="none"), repeats)
+    fast = _best_of(lambda: oracle.evaluate(logits, targets), repeats)
+    methods = {v.method for v in oracle.evaluate(logits, targets)}
+    tiers = ", ".join(sorted(methods))
+    lines.append(f"fast oracle tier       {fast * 1e3:9.1f} ms   torch float64 cross_entropy {torch64 * 1e3:7.1f} ms"
+                 f"   ratio {fast / torch64:6.1f}x  (goal <= 10x; tiers used: {tiers})")  # fmt: skip
+
+    case = Case(logits, targets, "large_vocab")
+    implementations = list(REGISTRY)
+    alone = _best_of(lambda: [fn(logits, targets) for fn in (stable, naive, torch_cross_entropy)], repeats)
+    whole = _best_of(lambda: run_case(case, implementations), repeats)
+    lines.append(f"audit of one case      {whole * 1e3:9.1f} ms   three built-ins alone       {alone * 1e3:7.1f} ms"
+                 f"   ratio {whole / alone:6.1f}x  (goal <= 20x)")  # fmt: skip
+
+    row = (torch.randn(2048, generator=generator, dtype=torch.float64) * 3).tolist()
+    fmt64 = FORMATS["float64"]
+    plain = _best_of(lambda: _plain_mpmath(row, 5), repeats)
+    tiered = _best_of(lambda: oracle.row_loss(row, 5, fmt64), repeats)
+    backend = mpmath.libmp.BACKEND
+    lines.append(f"mpmath tier (float64)  {tiered * 1e3:9.1f} ms   plain mpmath loop, 200 bits {plain * 1e3:7.1f} ms"
+                 f"   speed-up {plain / tiered:5.1f}x  (goal >= 5x; 2048-class row; backend {backend})")  # fmt: skip
+
+    peak = _peak_memory_mib(8, 256_000)
+    lines.append(f"peak memory, auditing one (8, 256000) float32 case in a fresh process: {peak:.0f} MiB "
+                 f"(this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB)")  # fmt: skip
+    return "\n".join(lines)
