@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from hypothesis import Phase, Verbosity, given, target
+from hypothesis import Phase, Verbosity, example, given, target
 from hypothesis import seed as hypothesis_seed
 from hypothesis.internal.conjecture import engine
 from tqdm import tqdm
@@ -28,7 +28,7 @@ from harness.profiles import Profile
 from harness.registry import Implementation
 from harness.runner import run_case
 from harness.verdicts import Policy
-from strategies import Case, cases
+from strategies import Case, anchor_cases, cases
 
 __all__ = ["Counterexample", "SearchResult", "cell_seed", "search"]
 
@@ -143,7 +143,8 @@ def search(
                 bar.update(examples)
                 continue
             shrinking = False
-            phases = [Phase.generate, Phase.target] + ([Phase.shrink] if fails and shrink_left > 0 else [])
+            phases = [Phase.explicit, Phase.generate, Phase.target]
+            phases += [Phase.shrink] if fails and shrink_left > 0 else []
 
             def visit(case: Case) -> None:
                 nonlocal shrinking
@@ -167,6 +168,9 @@ def search(
             @given(cases(dtype=fmt, regimes=[regime], max_classes=max_classes))
             def body(case: Case) -> None:
                 visit(case)
+
+            for anchor in anchor_cases(fmt, regime, max_classes):
+                body = example(anchor)(body)
 
             cell_start = time.perf_counter()
             try:

@@ -4,7 +4,7 @@
 are the building blocks for users who write their own ``@given`` tests.
 """
 
-from strategies.cases import Case, cases, class_counts
+from strategies.cases import Case, anchor_cases, cases, class_counts
 from strategies.floats import format_values, near_values
 from strategies.regimes import LARGE_VOCABULARIES, REGIMES, row_strategy
 
@@ -12,6 +12,7 @@ __all__ = [
     "LARGE_VOCABULARIES",
     "REGIMES",
     "Case",
+    "anchor_cases",
     "cases",
     "class_counts",
     "format_values",

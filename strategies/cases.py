@@ -142,3 +142,19 @@ def cases(
             raise InvalidArgument("regimes must name at least one regime")
         class_counts("large_vocab", max_classes) if "large_vocab" in chosen else None
     return _case(formats, chosen, max_classes, max_samples)
+
+
+def anchor_cases(dtype: torch.dtype | str | Format, regime: str, max_classes: int) -> list[Case]:
+    """Fixed cases every search of a (dtype, regime) cell runs first, whatever the seed.
+
+    For large_vocab: a flat row at the largest real vocabulary size that fits, where the
+    exponential sum equals the class count, the size past which float16 sums overflow
+    and bfloat16 running sums stall.
+    """
+    fmt = as_format(dtype)
+    if regime != "large_vocab":
+        return []
+    sizes = [c for c in LARGE_VOCABULARIES if c <= max_classes]
+    if not sizes:
+        return []
+    return [Case(torch.zeros(1, sizes[-1], dtype=fmt.dtype), torch.tensor([0]), "large_vocab")]
