@@ -128,6 +128,18 @@ def _formats(dtypes: Sequence[torch.dtype | str | Format] | None) -> list[Format
     return formats
 
 
+def check_device(device: str) -> None:
+    """ValueError, before any work, for a device torch cannot use here."""
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as exc:
+        raise ValueError(f"unknown device {device!r}: {exc}") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} is not available: this torch has no usable CUDA")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} is not available")
+
+
 def _implementation(fn, name: str | None, dtypes: Sequence[Format]) -> Implementation:
     if isinstance(fn, str):
         impl = load_implementation(fn)
@@ -166,6 +178,7 @@ def check(
     runs (the oracle stays on the CPU); a call taking over ``timeout`` seconds is a failure.
     """
     formats = _formats(dtypes)
+    check_device(device)
     chosen = list(regimes or REGIMES)
     unknown = [r for r in chosen if r not in REGIMES]
     if unknown:

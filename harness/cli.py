@@ -30,7 +30,7 @@ import torch
 # modules into its draws, so the set of loaded modules is kept the same for a whole run
 # (a resumed run draws what an uninterrupted one would).
 from harness import baseline as baselines
-from harness.api import check
+from harness.api import check_device, check
 from harness.bench import run_bench
 from harness.calling import DEFAULT_TIMEOUT, Caller
 from harness.demo import dominant_case, find_thresholds, loss_curves
@@ -359,6 +359,10 @@ def _check(args: argparse.Namespace, argv: Sequence[str]) -> int:
         except baselines.BaselineError as exc:
             raise UsageError(str(exc)) from None
     _check_writable(args.out)
+    try:
+        check_device(args.device)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     result = check(
         impl, dtypes=settings["formats"], regimes=regimes, examples=settings["examples"], seed=args.seed,
         max_ulps=args.max_ulps, strict=args.strict, profile=settings["profile"].name,

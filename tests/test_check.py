@@ -177,3 +177,24 @@ def test_baselines_save_compare_and_reject_bad_files(tmp_path, capsys):
     assert main(["check", spec, *SMALL, "--baseline", str(corrupt)]) == 2
     assert "corrupt" in capsys.readouterr().err
     assert main(["check", spec, *SMALL, "--baseline", str(tmp_path / "missing.json")]) == 2
+
+
+def test_unavailable_device_is_a_usage_error(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    assert main(["check", "torch", *SMALL, "--device", "cuda"]) == 2
+    assert "not available" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown device"):
+        harness.check(sound.torch_ce, device="warp-drive")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_check_runs_the_implementation_on_cuda():
+    seen = []
+
+    def on_device(logits, targets):
+        seen.append(logits.device.type)
+        return F.cross_entropy(logits, targets, reduction="none")
+
+    result = harness.check(on_device, dtypes=["float32"], regimes=["moderate"], examples=3, device="cuda")
+    assert result.passed and set(seen) == {"cuda"}
