@@ -30,7 +30,7 @@ import torch
 # modules into its draws, so the set of loaded modules is kept the same for a whole run
 # (a resumed run draws what an uninterrupted one would).
 from harness import baseline as baselines
-from harness.api import check_device, check
+from harness.api import check, check_device
 from harness.bench import run_bench
 from harness.calling import DEFAULT_TIMEOUT, Caller
 from harness.demo import dominant_case, find_thresholds, loss_curves
