@@ -92,6 +92,17 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _shard(text: str) -> tuple[int, int]:
+    k, sep, n = text.partition("/")
+    try:
+        shard = (int(k), int(n))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K/N such as 2/4, got {text!r}") from None
+    if not sep or not 1 <= shard[0] <= shard[1]:
+        raise argparse.ArgumentTypeError(f"expected K/N with 1 <= K <= N, got {text!r}")
+    return shard
+
+
 def _dtype(text: str) -> Format:
     try:
         return parse_dtype(text)
@@ -140,6 +151,19 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="compare low-precision ways of computing the loss (float16 and bfloat16 by default)",
     )
+    audit.add_argument(
+        "--shard",
+        type=_shard,
+        default=(1, 1),
+        metavar="K/N",
+        help="run only the K-th of every N (dtype, regime) cells; combine shards with merge",
+    )
+    audit.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="run the audit as this many shard processes in parallel, then merge (default 1)",
+    )
     audit.add_argument("--resume", type=Path, metavar="DIR",
                        help="continue the partial audit in DIR with its own settings")  # fmt: skip
 
@@ -150,6 +174,11 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--device", default="cpu", help="where the implementation runs (default cpu)")
     check.add_argument("--save-baseline", type=Path, help="record per-(dtype, regime) statistics to FILE")
     check.add_argument("--baseline", type=Path, help="fail when worse than the statistics in FILE")
+
+    merge = sub.add_parser("merge", help="combine shard reports of one campaign into one report")
+    merge.add_argument("shards", type=Path, nargs="+", help="report folders written by audit --shard K/N")
+    merge.add_argument("--out", type=Path, default=OUT_ROOT / "merged", help="folder (default harness-out/merged)")
+    merge.add_argument("--quiet", action="store_true", help="do not print the summary")
 
     demo = sub.add_parser("demo", help="overflow/underflow demonstration: thresholds by search, a plot, a page")
     demo.add_argument("--out", type=Path, default=OUT_ROOT / "demo", help="folder (default harness-out/demo)")
@@ -276,7 +305,10 @@ def _audit(args: argparse.Namespace, argv: Sequence[str]) -> int:
     regimes = _regimes(args, settings["max_classes"])
     implementations = _implementations(args.impl, PRECISION if args.precision else REGISTRY)
     _check_writable(args.out)
+    if args.workers > 1:
+        return _audit_with_workers(args, argv)
     extra = {
+        "shard": list(args.shard),
         "precision": args.precision,
         "dtypes": [f.name for f in settings["formats"]], "regimes": regimes, "profile": settings["profile"].name,
         "examples": settings["examples"], "max_classes": settings["max_classes"], "timeout": args.timeout,
@@ -294,6 +326,7 @@ def _audit(args: argparse.Namespace, argv: Sequence[str]) -> int:
         settings["formats"], regimes, implementations, profile=settings["profile"], seed=args.seed,
         examples=settings["examples"], max_classes=settings["max_classes"], policy=Policy(max_ulps=args.max_ulps),
         caller=Caller(timeout=args.timeout), finished=finished, finished_cases=stored, on_cell=checkpoint,
+        shard=args.shard,
     )  # fmt: skip
     status = "partial" if found.interrupted else "complete"
     records = frame(found)
@@ -308,6 +341,98 @@ def _audit(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if found.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_TOOL_ERROR if found.errors else EXIT_OK
+
+
+def _audit_with_workers(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """Run the audit as N shard processes in parallel, then merge them into --out."""
+    import subprocess
+
+    workers = args.workers
+    rest = [a for a in argv if a not in ("--quiet",)]
+    rest = _without_option(_without_option(_without_option(rest, "--workers"), "--out"), "--shard")
+    shard_dirs = [args.out / "shards" / f"{k}-of-{workers}" for k in range(1, workers + 1)]
+    commands = [
+        [sys.executable, "-m", "harness", *rest, "--quiet", "--shard", f"{k}/{workers}", "--out", str(folder)]
+        for k, folder in enumerate(shard_dirs, 1)
+    ]
+    processes = [subprocess.Popen(command, stdout=subprocess.DEVNULL) for command in commands]
+    try:
+        codes = [p.wait() for p in processes]
+    except KeyboardInterrupt:
+        for p in processes:
+            p.terminate()
+        codes = [p.wait() for p in processes]
+    merged = _merge_reports(shard_dirs, args.out, args.quiet)
+    return max([merged, *codes], key=lambda code: (code != 0, code))
+
+
+def _without_option(argv: Sequence[str], name: str) -> list[str]:
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == name:
+            skip = True
+        elif not item.startswith(name + "="):
+            out.append(item)
+    return out
+
+
+_SAME_IN_EVERY_SHARD = ("seed", "examples", "max_classes", "profile", "dtypes", "regimes", "implementations",
+                        "precision")  # fmt: skip
+
+
+def _merge_reports(folders: Sequence[Path], out: Path, quiet: bool) -> int:
+    """Concatenate shard records in the single run's cell order, dropping repeated cases."""
+    try:
+        manifests = [load_manifest(f) for f in folders]
+        records = [load_records(f) for f in folders]
+        stored: dict = {}
+        for folder in folders:
+            stored.update(load_cases(folder))
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(f"cannot merge: {exc}") from None
+    first = manifests[0]
+    for folder, manifest in zip(folders, manifests):
+        differing = [k for k in _SAME_IN_EVERY_SHARD if manifest.get(k) != first.get(k)]
+        if differing:
+            raise UsageError(f"cannot merge {folder}: its {', '.join(differing)} differ from {folders[0]}'s")
+    order = {(d, r): i for i, (d, r) in enumerate((d, r) for d in first["dtypes"] for r in first["regimes"])}
+    combined = pd.concat(records, ignore_index=True)
+    combined["cell"] = [order.get((d, r), len(order)) for d, r in zip(combined["dtype"], combined["regime"])]
+    combined = combined.sort_values("cell", kind="stable").drop(columns="cell")
+    # a case drawn in two cells is kept where a single run keeps it: its first cell
+    first_cell = combined.drop_duplicates("case_id")[["case_id", "dtype", "regime"]]
+    combined = combined.merge(first_cell, on=["case_id", "dtype", "regime"]).reset_index(drop=True)
+    combined["output_bits"] = combined["output_bits"].fillna("")
+    combined["message"] = combined["message"].fillna("")
+    covered = sorted({tuple(c) for m in manifests for c in m.get("completed_cells", [])}, key=order.get)
+    complete = all(m["status"] == "complete" for m in manifests) and len(covered) == len(order)
+    summary = summarize(combined)
+    keep = set(summary["worst_case"]) | set(combined.loc[combined["outcome"].ne("exact"), "case_id"])
+    manifest = {
+        **{k: first.get(k) for k in _SAME_IN_EVERY_SHARD},
+        "command": " ".join(m["command"] for m in manifests),
+        "merged_from": [str(f) for f in folders],
+        "status": "complete" if complete else "partial",
+        "completed_cells": covered,
+        "cases": int(combined["case_id"].nunique()),
+        "records": len(combined),
+        "seconds": sum(m["seconds"] for m in manifests),
+        "oracle_seconds": sum(m["oracle_seconds"] for m in manifests),
+        "tool_errors": [e for m in manifests for e in m.get("tool_errors", [])],
+        "oracle_self_checked": sum(m.get("oracle_self_checked", 0) for m in manifests),
+        "versions": first.get("versions", {}),
+    }
+    markdown = render_summary(headline(combined), summary, manifest)
+    _check_writable(out)
+    write_report(out, combined, summary, markdown, [c for i, c in stored.items() if i in keep], manifest)
+    if not quiet:
+        print(markdown)
+    print(f"merged report written to {out}", file=sys.stderr)
+    if not complete:
+        return EXIT_INTERRUPTED
+    return EXIT_TOOL_ERROR if manifest["tool_errors"] else EXIT_OK
 
 
 def _precision_report(records: pd.DataFrame, out: Path) -> str:
@@ -444,6 +569,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(args, argv)
         if args.command == "demo":
             return _demo(args)
+        if args.command == "merge":
+            return _merge_reports(args.shards, args.out, args.quiet)
         if args.command == "bench":
             print(run_bench(args.rows, args.classes, args.repeats))
             return EXIT_OK

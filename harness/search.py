@@ -107,6 +107,7 @@ def search(
     finished_cases: dict[str, Case] | None = None,
     self_check: int = SELF_CHECK_CASES,
     on_cell: Callable[[SearchResult], None] | None = None,
+    shard: tuple[int, int] = (1, 1),
     progress: bool | None = None,
 ) -> SearchResult:
     """Every implementation on ``examples`` cases per (dtype, regime) cell.
@@ -119,7 +120,7 @@ def search(
     ``finished_cases`` supplies their stored cases). Ctrl-C stops the run and
     returns what was computed, with ``interrupted`` set. Finally ``self_check`` cases are
     re-evaluated by the oracle at higher precision, mpmath only; a disagreement is a tool
-    error.
+    error. ``shard=(k, n)`` runs only the k-th of every n cells (see ``harness merge``).
     """
     caller = caller or Caller()
     finished = finished or {}
@@ -129,7 +130,8 @@ def search(
     shrink_left = shrink_seconds
     examples = examples or profile.examples
     max_classes = max_classes or profile.max_classes
-    cells = [(fmt, regime) for fmt in formats for regime in regimes]
+    # shard (k, n) runs every n-th cell starting at the k-th: shards split a campaign
+    cells = [(fmt, regime) for fmt in formats for regime in regimes][shard[0] - 1 :: shard[1]]
     show = sys.stderr.isatty() if progress is None else progress
     with tqdm(total=len(cells) * examples, disable=not show, unit="case", desc="cases") as bar:
         for fmt, regime in cells:

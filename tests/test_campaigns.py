@@ -1,0 +1,58 @@
+"""Shards, merge and workers: a campaign split any way gives the single run's report."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from harness.cli import main
+
+SMALL = ["--dtype", "float32", "--dtype", "bfloat16", "--examples", "3", "--max-classes", "64", "--quiet"]
+TIMING = ["impl_seconds", "oracle_seconds"]
+
+
+def _records(folder) -> pd.DataFrame:
+    return pd.read_csv(folder / "records.csv").drop(columns=TIMING)
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    out = tmp_path_factory.mktemp("single")
+    assert main(["audit", *SMALL, "--out", str(out)]) == 0
+    return out
+
+
+def test_merged_shards_equal_a_single_run(single, tmp_path):
+    shards = [tmp_path / f"s{k}" for k in (1, 2, 3)]
+    for k, folder in enumerate(shards, 1):
+        assert main(["audit", *SMALL, "--shard", f"{k}/3", "--out", str(folder)]) == 0
+    assert main(["merge", *map(str, reversed(shards)), "--out", str(tmp_path / "m"), "--quiet"]) == 0
+    pd.testing.assert_frame_equal(_records(single), _records(tmp_path / "m"))
+    assert (single / "summary.csv").read_text() == (tmp_path / "m" / "summary.csv").read_text()
+    assert json.loads((tmp_path / "m" / "manifest.json").read_text())["status"] == "complete"
+
+
+def test_missing_shard_gives_a_partial_merge(tmp_path):
+    assert main(["audit", *SMALL, "--shard", "1/2", "--out", str(tmp_path / "a")]) == 0
+    assert main(["merge", str(tmp_path / "a"), "--out", str(tmp_path / "m"), "--quiet"]) == 130
+    assert json.loads((tmp_path / "m" / "manifest.json").read_text())["status"] == "partial"
+
+
+def test_mismatched_shards_are_refused(tmp_path, capsys):
+    assert main(["audit", *SMALL, "--shard", "1/2", "--out", str(tmp_path / "a")]) == 0
+    assert main(["audit", *SMALL, "--seed", "5", "--shard", "2/2", "--out", str(tmp_path / "b")]) == 0
+    assert main(["merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "m")]) == 2
+    assert "seed" in capsys.readouterr().err
+
+
+def test_workers_run_shards_in_parallel_and_merge(single, tmp_path):
+    assert main(["audit", *SMALL, "--workers", "2", "--out", str(tmp_path)]) == 0
+    pd.testing.assert_frame_equal(_records(single), _records(tmp_path))
+
+
+@pytest.mark.parametrize("bad", ["0/2", "3/2", "x", "1-2"])
+def test_bad_shard_specs(bad, capsys):
+    assert main(["audit", "--shard", bad]) == 2
+    assert "K/N" in capsys.readouterr().err
