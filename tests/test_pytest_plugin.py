@@ -1,0 +1,51 @@
+"""The pytest plugin, run as a user would: a test file in a fresh pytest process."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+USER_TESTS = """
+import pytest
+import torch.nn.functional as F
+
+
+def sound(logits, targets):
+    return F.cross_entropy(logits, targets, reduction="none")
+
+
+def naive(logits, targets):
+    p = logits.exp() / logits.exp().sum(dim=1, keepdim=True)
+    return -p[torch_arange(logits.shape[0]), targets].log()
+
+
+def torch_arange(n):
+    import torch
+    return torch.arange(n)
+
+
+@pytest.mark.ce_stability
+def test_sound(ce_stability):
+    result = ce_stability(sound, dtypes=["float32"], regimes=["moderate", "huge"])
+    assert result.counts["unstable"] == 0
+
+
+def test_naive(ce_stability):
+    ce_stability(naive, dtypes=["float32"], regimes=["huge"])
+"""
+
+
+def test_fixture_passes_sound_code_and_fails_naive_code(pytester):
+    pytester.makepyfile(test_user=USER_TESTS)
+    result = pytester.runpytest_subprocess("--ce-examples", "3", "--ce-max-classes", "64", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*counterexample*", "*FAILED*test_naive*"])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("xdist") is None, reason="pytest-xdist is not installed")
+def test_fixture_works_under_xdist(pytester):
+    pytester.makepyfile(test_user=USER_TESTS)
+    result = pytester.runpytest_subprocess("-n", "2", "--ce-examples", "3", "--ce-max-classes", "64",
+                                           "-p", "no:cacheprovider")  # fmt: skip
+    result.assert_outcomes(passed=1, failed=1)
