@@ -36,6 +36,15 @@ def render_summary(headline: pd.DataFrame, summary: pd.DataFrame, manifest: dict
         f"`{manifest['command']}` — seed {manifest['seed']}, {manifest['cases']} cases, "
         f"{manifest['records']} records, {manifest['seconds']:.1f} s",
         "",
+        *(
+            [
+                "Oracle tiers (the deciding tier of each case's graded sample): "
+                + ", ".join(f"{n} {tier}" for tier, n in sorted(manifest["oracle_methods"].items())),
+                "",
+            ]
+            if manifest.get("oracle_methods")
+            else []
+        ),  # fmt: skip
         "## Per implementation and dtype",
         "",
         "ULP columns count only finite comparisons; non-finite failures are spurious inf/NaN or a missing inf/NaN.",
