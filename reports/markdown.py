@@ -44,7 +44,7 @@ def render_summary(headline: pd.DataFrame, summary: pd.DataFrame, manifest: dict
             ]
             if manifest.get("oracle_methods")
             else []
-        ),  # fmt: skip
+        ),
         "## Per implementation and dtype",
         "",
         "ULP columns count only finite comparisons; non-finite failures are spurious inf/NaN or a missing inf/NaN.",
