@@ -284,8 +284,8 @@ def _resume(args: argparse.Namespace) -> tuple[argparse.Namespace, dict, dict]:
     except (FileNotFoundError, KeyError, ValueError, TypeError) as exc:
         raise UsageError(f"cannot resume from {args.resume}: {exc}") from None
     args.out = args.resume
-    records["output_bits"] = records["output_bits"].fillna("")
-    records["message"] = records["message"].fillna("")
+    records["output_bits"] = records["output_bits"].astype(object).fillna("")
+    records["message"] = records["message"].astype(object).fillna("")
     finished: dict[tuple[str, str], list[dict]] = {}
     for record in records.to_dict(orient="records"):
         cell = (record["dtype"], record["regime"])
@@ -404,8 +404,8 @@ def _merge_reports(folders: Sequence[Path], out: Path, quiet: bool) -> int:
     # a case drawn in two cells is kept where a single run keeps it: its first cell
     first_cell = combined.drop_duplicates("case_id")[["case_id", "dtype", "regime"]]
     combined = combined.merge(first_cell, on=["case_id", "dtype", "regime"]).reset_index(drop=True)
-    combined["output_bits"] = combined["output_bits"].fillna("")
-    combined["message"] = combined["message"].fillna("")
+    combined["output_bits"] = combined["output_bits"].astype(object).fillna("")
+    combined["message"] = combined["message"].astype(object).fillna("")
     covered = sorted({tuple(c) for m in manifests for c in m.get("completed_cells", [])}, key=order.get)
     complete = all(m["status"] == "complete" for m in manifests) and len(covered) == len(order)
     summary = summarize(combined)
