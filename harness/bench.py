@@ -31,7 +31,8 @@ __all__ = ["run_bench"]
 
 
 def _best_of(fn: Callable[[], object], repeats: int) -> float:
-    """The fastest of several timings: the least disturbed by other work on the machine."""
+    """The fastest of several timings after one warm-up call: the least disturbed by other work."""
+    fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
