@@ -17,7 +17,7 @@ from harness.calling import DEFAULT_TIMEOUT, Caller
 from harness.formats import FORMATS, Format, parse_dtype
 from harness.loading import load_implementation
 from harness.profiles import resolve_profile
-from harness.registry import ALL_DTYPES, REGISTRY, Implementation
+from harness.registry import REGISTRY, Implementation
 from harness.runner import RECORD_COLUMNS
 from harness.search import Counterexample, SearchResult, search
 from harness.verdicts import VERDICTS, Policy
@@ -224,6 +224,3 @@ def assert_stable(fn: Callable | Implementation | str, **options) -> CheckResult
     if not result.passed:
         raise AssertionError(result.describe())
     return result
-
-
-_ = ALL_DTYPES  # re-exported through harness for users declaring dtypes
