@@ -6,6 +6,7 @@ its pytest-friendly form.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -86,11 +87,11 @@ def describe_counterexample(cx: Counterexample, replay_dir: str | None = None) -
     """A minimal counterexample in a few lines: inputs, output, oracle, error, regime, replay command."""
     case, r = cx.case, cx.record
     sample = max(int(r["sample"]), 0)
-    row = case.logits[sample]
+    row = case.row_logits[sample]
     lines = [
         f"counterexample {case.case_id} ({case.format.name}, regime {case.regime}): {r['verdict']}, {r['outcome']}"
     ]
-    if case.logits.numel() <= 24:
+    if case.logits.numel() <= 24 and case.logits.ndim == 2:
         lines.append(f"  logits  = [{', '.join(_values(x) for x in case.logits)}]")
     else:
         finite = row[torch.isfinite(row)].to(torch.float64)
@@ -99,7 +100,8 @@ def describe_counterexample(cx: Counterexample, replay_dir: str | None = None) -
             f"  logits  = shape {tuple(case.logits.shape)}; row {sample}: {extremes}, "
             f"{int(torch.isneginf(row).sum())} -inf, {int(torch.isnan(row).sum())} nan"
         )
-    lines.append(f"  targets = {case.targets.tolist()}  (target logit {row[case.targets[sample]].item()!r})")
+    target = int(case.row_targets[sample])
+    lines.append(f"  targets = {case.targets.tolist()}  (target logit {row[target].item()!r})")
     where = "mean over samples" if r["reduction"] == "mean" else f"sample {sample}"
     lines.append(f"  output  = {r['output']!r} ({r['output_bits']}), {where}")
     lines.append(f"  oracle  = {r['oracle']!r} (exact {r['exact']!r})")
@@ -147,11 +149,11 @@ def _implementation(fn, name: str | None, dtypes: Sequence[Format]) -> Implement
         impl = fn
     elif callable(fn):
         label = name or getattr(fn, "__qualname__", None) or repr(fn)
-        impl = Implementation(label, fn, source="python")
+        impl = Implementation(label, fn, source="python", k_dimensional=bool(getattr(fn, "k_dimensional", False)))
     else:
         raise TypeError(f"expected a callable, an Implementation or an IMPL spec, got {type(fn).__name__}")
     supported = tuple(f.dtype for f in dtypes if f.dtype in impl.dtypes)
-    return Implementation(name or impl.name, impl.fn, supported, impl.source, impl.description)
+    return dataclasses.replace(impl, name=name or impl.name, dtypes=supported)
 
 
 def check(
@@ -169,6 +171,7 @@ def check(
     timeout: float | None = DEFAULT_TIMEOUT,
     name: str | None = None,
     progress: bool | None = False,
+    k_dimensional: bool | None = None,
 ) -> CheckResult:
     """Run the strategies on ``fn(logits, targets)`` and judge every case.
 
@@ -176,6 +179,9 @@ def check(
     case is *unstable* (or *inaccurate* with ``strict``); each failing (dtype, regime)
     cell contributes one counterexample, shrunk by Hypothesis. ``device`` is where fn
     runs (the oracle stays on the CPU); a call taking over ``timeout`` seconds is a failure.
+    ``k_dimensional``: fn also takes (N, C, d1, ..., dk) logits with (N, d1, ..., dk)
+    targets, so the layout regime runs on it (default: the implementation's own
+    declaration, or ``fn.k_dimensional``).
     """
     formats = _formats(dtypes)
     check_device(device)
@@ -187,8 +193,14 @@ def check(
     if examples is not None and examples < 1:
         raise ValueError(f"examples must be >= 1, got {examples}")
     impl = _implementation(fn, name, formats)
+    if k_dimensional is not None:
+        impl = dataclasses.replace(impl, k_dimensional=k_dimensional)
+    if not impl.k_dimensional:
+        if regimes is not None and "layout" in chosen:
+            raise ValueError(f"regime 'layout' needs k_dimensional=True: {impl.name} takes only (N, C) logits")
+        chosen = [r for r in chosen if r != "layout"]
     if impl.name == REFERENCE:
-        impl = Implementation(f"{REFERENCE} (under test)", impl.fn, impl.dtypes, impl.source, impl.description)
+        impl = dataclasses.replace(impl, name=f"{REFERENCE} (under test)")
     formats = [f for f in formats if f.dtype in impl.dtypes]
     if not formats:
         raise ValueError(f"{impl.name} supports none of the requested dtypes")

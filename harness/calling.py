@@ -82,11 +82,11 @@ class Caller:
         return CallResult(None, failure, message, seconds)
 
     def _validate(self, value, case: Case) -> str | None:
-        n = case.logits.shape[0]
+        expected = tuple(case.targets.shape)
         if not isinstance(value, torch.Tensor):
             return f"returned {type(value).__name__}, not a tensor"
-        if value.ndim > 1 or (value.ndim == 1 and value.shape[0] not in (n, 1)):
-            return f"returned shape {tuple(value.shape)}, expected ({n},) or ()"  # (1,) counts as a mean
+        if tuple(value.shape) not in (expected, (), (1,)):  # () and (1,) count as a mean
+            return f"returned shape {tuple(value.shape)}, expected {expected} or ()"
         if value.dtype != case.dtype:
             return f"returned dtype {value.dtype} for {case.dtype} logits"
         if value.device.type != self.device.type:

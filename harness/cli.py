@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import platform
 import shlex
 import signal
@@ -42,17 +43,19 @@ from harness.registry import REGISTRY, Implementation
 from harness.replay import replay_case
 from harness.runner import RECORD_COLUMNS
 from harness.search import search
+from harness.shrinking import Reproducers, shrink_failures
 from harness.verdicts import Policy
 from reports.demo import curves_png, render_demo
 from reports.markdown import render_summary
 from reports.precision import findings, precision_table
 from reports.stats import headline, summarize
-from reports.store import atomic_write, load_cases, load_manifest, load_records, write_report
+from reports.store import atomic_write, load_cases, load_manifest, load_records, load_reproducers, write_report
 from strategies import REGIMES
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FLAGGED, EXIT_USAGE, EXIT_TOOL_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+DEFAULT_AUDIT_SHRINK_SECONDS = 30.0  # shrinking after an audit, over all its failures
 OUT_ROOT = Path("harness-out")
 
 
@@ -164,6 +167,9 @@ def _parser() -> argparse.ArgumentParser:
         default=1,
         help="run the audit as this many shard processes in parallel, then merge (default 1)",
     )
+    audit.add_argument("--shrink-seconds", type=_non_negative_float, default=DEFAULT_AUDIT_SHRINK_SECONDS,
+                       metavar="SECONDS", help="time for shrinking minimal reproducers of the failures "
+                       f"after the run (default {DEFAULT_AUDIT_SHRINK_SECONDS:g}; 0: none)")  # fmt: skip
     audit.add_argument("--resume", type=Path, metavar="DIR",
                        help="continue the partial audit in DIR with its own settings")  # fmt: skip
 
@@ -172,6 +178,8 @@ def _parser() -> argparse.ArgumentParser:
     _search_options(check, OUT_ROOT / "check")
     check.add_argument("--strict", action="store_true", help="fail on 'inaccurate' results too")
     check.add_argument("--device", default="cpu", help="where the implementation runs (default cpu)")
+    check.add_argument("--k-dimensional", action="store_true",
+                       help="IMPL also takes (N, C, d1, ...) logits: run the layout regime on it")  # fmt: skip
     check.add_argument("--save-baseline", type=Path, help="record per-(dtype, regime) statistics to FILE")
     check.add_argument("--baseline", type=Path, help="fail when worse than the statistics in FILE")
 
@@ -235,11 +243,29 @@ def _settings(args: argparse.Namespace) -> dict:
     }
 
 
-def _regimes(args: argparse.Namespace, max_classes: int) -> list[str]:
-    return args.regime or [r for r in REGIMES if r != "large_vocab" or max_classes >= 1024]
+def _regimes(args: argparse.Namespace, max_classes: int, implementations: Sequence[Implementation]) -> list[str]:
+    """The requested regimes, or all that fit; layout only when some implementation takes it."""
+    takes_layout = any(impl.k_dimensional for impl in implementations)
+    if args.regime:
+        if "layout" in args.regime and not takes_layout:
+            raise UsageError(
+                "regime 'layout' needs an implementation that takes (N, C, d1, ...) logits "
+                "(declare it with fn.k_dimensional = True, or check --k-dimensional)"
+            )
+        return args.regime
+    return [r for r in REGIMES if (r != "large_vocab" or max_classes >= 1024) and (r != "layout" or takes_layout)]
 
 
-def _write(args, argv, records: pd.DataFrame, stored_ids: set[str], found, extra: dict, status: str) -> pd.DataFrame:
+def _write(
+    args,
+    argv,
+    records: pd.DataFrame,
+    stored_ids: set[str],
+    found,
+    extra: dict,
+    status: str,
+    reproducers: Reproducers | None = None,
+) -> pd.DataFrame:
 
     summary = summarize(records)
     keep = stored_ids | set(summary["worst_case"]) | set(records.loc[records["outcome"].ne("exact"), "case_id"])
@@ -259,9 +285,13 @@ def _write(args, argv, records: pd.DataFrame, stored_ids: set[str], found, extra
         "versions": _versions(),
         **extra,
     }
-    markdown = render_summary(headline(records), summary, manifest)
+    table = reproducers.table if reproducers is not None else None
+    markdown = render_summary(headline(records), summary, manifest, table, str(args.out))
     stored = [c for i, c in found.cases.items() if i in keep]
-    write_report(args.out, records, summary, markdown, stored, manifest, with_html=status == "complete")
+    if reproducers is not None:
+        stored += [c for i, c in reproducers.cases.items() if i not in found.cases or i not in keep]
+    write_report(args.out, records, summary, markdown, stored, manifest, with_html=status == "complete",
+                 reproducers=table)  # fmt: skip
     return summary
 
 
@@ -302,8 +332,8 @@ def _audit(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.precision and not args.dtype:
         args.dtype = [FORMATS["float16"], FORMATS["bfloat16"]]
     settings = _settings(args)
-    regimes = _regimes(args, settings["max_classes"])
     implementations = _implementations(args.impl, PRECISION if args.precision else REGISTRY)
+    regimes = _regimes(args, settings["max_classes"], implementations)
     _check_writable(args.out)
     if args.workers > 1:
         return _audit_with_workers(args, argv)
@@ -328,9 +358,19 @@ def _audit(args: argparse.Namespace, argv: Sequence[str]) -> int:
         caller=Caller(timeout=args.timeout), finished=finished, finished_cases=stored, on_cell=checkpoint,
         shard=args.shard,
     )  # fmt: skip
-    status = "partial" if found.interrupted else "complete"
     records = frame(found)
-    _write(args, argv, records, set(), found, extra, status=status)
+    reproducers = None
+    if not found.interrupted and args.shrink_seconds > 0:
+        _write(args, argv, records, set(), found, extra, status="partial")  # nothing lost if shrinking is cut short
+        reproducers = shrink_failures(
+            records, implementations, profile=settings["profile"], seed=args.seed, examples=settings["examples"],
+            max_classes=settings["max_classes"], policy=Policy(max_ulps=args.max_ulps),
+            caller=Caller(timeout=args.timeout), seconds=args.shrink_seconds,
+        )  # fmt: skip
+        found.interrupted = reproducers.interrupted
+    status = "partial" if found.interrupted else "complete"
+    extra["shrink_seconds"] = args.shrink_seconds
+    _write(args, argv, records, set(), found, extra, status=status, reproducers=reproducers)
     if not args.quiet:
         print((args.out / "summary.md").read_text())
     if args.precision and len(records):
@@ -424,15 +464,30 @@ def _merge_reports(folders: Sequence[Path], out: Path, quiet: bool) -> int:
         "oracle_self_checked": sum(m.get("oracle_self_checked", 0) for m in manifests),
         "versions": first.get("versions", {}),
     }
-    markdown = render_summary(headline(combined), summary, manifest)
+    reproducers = _merged_reproducers([load_reproducers(f) for f in folders])
+    if reproducers is not None:
+        keep |= set(reproducers["reproducer"].dropna())
+    markdown = render_summary(headline(combined), summary, manifest, reproducers, str(out))
     _check_writable(out)
-    write_report(out, combined, summary, markdown, [c for i, c in stored.items() if i in keep], manifest)
+    write_report(out, combined, summary, markdown, [c for i, c in stored.items() if i in keep], manifest,
+                 reproducers=reproducers)  # fmt: skip
     if not quiet:
         print(markdown)
     print(f"merged report written to {out}", file=sys.stderr)
     if not complete:
         return EXIT_INTERRUPTED
     return EXIT_TOOL_ERROR if manifest["tool_errors"] else EXIT_OK
+
+
+def _merged_reproducers(tables: list[pd.DataFrame | None]) -> pd.DataFrame | None:
+    """The shards' reproducers in a single run's order: each (impl, dtype)'s worst first."""
+    present = [t for t in tables if t is not None]
+    if not present:
+        return None
+    ranked = pd.concat(present, ignore_index=True).sort_values("worst_allowance_ratio", ascending=False, kind="stable")
+    ranked["_first"] = ~ranked.duplicated(["impl", "dtype"])
+    ordered = ranked.sort_values(["_first", "worst_allowance_ratio"], ascending=[False, False], kind="stable")
+    return ordered.drop(columns="_first").reset_index(drop=True)
 
 
 def _precision_report(records: pd.DataFrame, out: Path) -> str:
@@ -472,11 +527,13 @@ def _demo(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     settings = _settings(args)
-    regimes = _regimes(args, settings["max_classes"])
     try:
         impl = load_implementation(args.impl)
     except LoadError as exc:
         raise UsageError(str(exc)) from None
+    if args.k_dimensional:
+        impl = dataclasses.replace(impl, k_dimensional=True)
+    regimes = _regimes(args, settings["max_classes"], [impl])
     saved = None
     if args.baseline:
         try:

@@ -1,6 +1,7 @@
 """The built-in implementations, declared in the registry like any user's.
 
-All of them return per-sample losses, shape (N,), computed in the dtype of the logits.
+All of them return per-sample losses, shape (N,), computed in the dtype of the logits;
+torch's also takes (N, C, d1, ..., dk) logits (k_dimensional).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def naive(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -torch.log(probs[torch.arange(logits.shape[0]), targets])
 
 
-@REGISTRY.declare("torch", description="torch.nn.functional.cross_entropy(reduction='none')")
+@REGISTRY.declare("torch", description="torch.nn.functional.cross_entropy(reduction='none')", k_dimensional=True)
 def torch_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, targets, reduction="none")
 

@@ -1,4 +1,8 @@
-"""Resolve an IMPL spec: a built-in name, ``module:function`` or ``path/to/file.py:function``."""
+"""Resolve an IMPL spec: a built-in name, ``module:function`` or ``path/to/file.py:function``.
+
+A user function that also takes (N, C, d1, ..., dk) logits says so with an attribute,
+``fn.k_dimensional = True``; it then gets layout-regime cases too.
+"""
 
 from __future__ import annotations
 
@@ -57,4 +61,10 @@ def load_implementation(spec: str) -> Implementation:
             raise LoadError(f"cannot load {spec!r}: {target} has no attribute {attr!r}")
     if not callable(fn):
         raise LoadError(f"cannot load {spec!r}: {attr} is not callable")
-    return Implementation(spec, fn, source=spec, description=(fn.__doc__ or "").strip().split("\n")[0])
+    return Implementation(
+        spec,
+        fn,
+        source=spec,
+        description=(fn.__doc__ or "").strip().split("\n")[0],
+        k_dimensional=bool(getattr(fn, "k_dimensional", False)),
+    )

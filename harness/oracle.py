@@ -2,18 +2,20 @@
 
 For one row x with target t, loss = (m - x_t) + log1p(s), where m = max x (taken at
 one index k) and s = sum over j != k of exp(x_j - m). The oracle computes a rigorous
-enclosure [lo, hi] of the exact loss with mpmath at working precision P, rounds both
+enclosure [lo, hi] of the exact loss at working precision P, rounds both
 ends to the requested format, and accepts the result only when they agree. Otherwise
 P doubles, up to a cap; a row still undecided there is returned as *uncertified*
 (with a best estimate), never dropped.
 
 Why the enclosure is rigorous:
-- inputs are exact (every graded format embeds in float64, and mpmath takes floats
-  exactly); m - x_t and x_j - m are computed exactly;
-- each exp is taken rounded toward -inf at P bits and then widened by one ulp down and
-  two up, which covers mpmath's documented accuracy with room to spare;
-- the sum is exact integer arithmetic in fixed point, truncation counted on each side;
-- terms with x_j - m < -0.7 K (so exp < 2**-K) are not evaluated but bounded by
+- inputs are exact (every graded format embeds in float64, and mpmath and MPFR take
+  floats exactly); m - x_t and x_j - m are computed exactly (a float64 difference
+  whose TwoSum error is 0, else exact mpmath subtraction);
+- each exp is evaluated by MPFR (through gmpy2, mpmath's own backend library), which is
+  correctly rounded in the requested direction: rounded down at P bits it gives r with
+  r <= exp(d) < r + ulp(r) <= r (1 + 2**(1-P)), so no error model is assumed;
+- the weighted terms are summed by MPFR's exact-then-rounded sum, down and up;
+- terms with x_j - m < -0.71 K (so exp < 2**-K) are not evaluated but bounded by
   2**-K each and added to the upper end;
 - log1p is bracketed by directed-rounding logs widened by an ulp, or, for tiny s, by
   s - s**2/2 <= log1p(s) <= s.
@@ -28,11 +30,11 @@ Special values (documented in README.md):
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import gmpy2
 import mpmath.libmp as mp
 import numpy as np
 import torch
@@ -66,15 +68,15 @@ class _Enclosure:
     sticky_lo: bool  # the exact value is strictly above lo
 
 
-def _special(row: Sequence[float], target: int) -> float | None:
+def _special(row: np.ndarray, target: int) -> float | None:
     """The loss when the row has NaN or infinities that decide it, else None."""
-    xt = row[target]
-    if any(math.isnan(v) for v in row) or xt == math.inf:
+    xt = float(row[target])
+    if np.isnan(row).any() or xt == math.inf:
         return math.nan
-    if any(v == math.inf for v in row):
+    if np.isposinf(row).any():
         return math.inf
     if xt == -math.inf:
-        return math.inf if any(v != -math.inf for v in row) else math.nan
+        return math.inf if (row != -np.inf).any() else math.nan
     return None
 
 
@@ -107,48 +109,111 @@ def _log1p_bounds(s_lo: tuple, s_hi: tuple, prec: int) -> tuple[tuple, tuple]:
     return (lo if not lo[0] else mp.fzero), hi
 
 
-def _enclose(row: Sequence[float], target: int, fmt: Format, prec: int) -> _Enclosure:
+# |x| up to this keeps exp(x) far inside MPFR's exponent range (about 2**30 bits).
+DIRECT_LIMIT = 2.0**16
+
+
+def _weighted_sum_bounds(exps: list, counts: list[int], prec: int) -> tuple:
+    """[lo, hi] of sum_j counts_j * e_j, where e_j <= true term < e_j (1 + 2**(1 - prec))."""
+    # prec + 64 bits hold each count * e exactly, so only the two sums round.
+    with gmpy2.context(precision=prec + 64, round=gmpy2.RoundDown):
+        weighted = [e * c if c != 1 else e for e, c in zip(exps, counts)]
+        s_lo = gmpy2.fsum(weighted)
+    with gmpy2.context(precision=prec + 64, round=gmpy2.RoundUp):
+        s_hi = gmpy2.fsum(weighted) * (1 + gmpy2.mul_2exp(gmpy2.mpfr(1), 1 - prec))
+    return s_lo, s_hi
+
+
+def _exps_rounded_down(arguments: list, prec: int) -> list:
+    """exp of each argument rounded down by MPFR, so r <= exp(t) < r + ulp(r) <= r (1 + 2**(1 - prec)).
+
+    prec >= 53, so MPFR reads every double exactly.
+    """
+    with gmpy2.context(precision=prec, round=gmpy2.RoundDown):
+        return list(map(gmpy2.exp, arguments))
+
+
+def _scaled_exp_sum(values: np.ndarray, counts: np.ndarray, top: float, prec: int) -> tuple:
+    """[lo, hi] of sum_j counts_j exp(values_j - top), as exp(-top) * sum_j counts_j exp(values_j).
+
+    For moderate values (|x| <= DIRECT_LIMIT): no difference needs to be exact.
+    """
+    s_lo, s_hi = _weighted_sum_bounds(_exps_rounded_down(values.tolist(), prec), counts.tolist(), prec)
+    with gmpy2.context(precision=prec, round=gmpy2.RoundDown):
+        lo = s_lo * gmpy2.exp(-top)
+    with gmpy2.context(precision=prec, round=gmpy2.RoundUp):
+        hi = s_hi * gmpy2.exp(-top)
+    return lo, hi
+
+
+def _shifted_exp_sum(values: np.ndarray, counts: np.ndarray, top: float, prec: int) -> tuple:
+    """[lo, hi] of sum_j counts_j exp(values_j - top), each difference formed exactly.
+
+    For any values: the float64 difference and its TwoSum error are an exact
+    double-double (the error is 0 whenever the difference is a double, which is the
+    rule for large offsets).
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        heads = values - top
+        back = heads - values
+        tails = (values - (heads - back)) + (-top - back)
+    simple = tails == 0
+    exps = _exps_rounded_down(heads[simple].tolist(), prec)
+    if not simple.all():
+        head, tail = heads[~simple], tails[~simple]
+        span = int((np.frexp(head)[1] - np.frexp(tail)[1]).max()) + 54  # bits of head + tail
+        with gmpy2.context(precision=max(span, prec)):
+            exact = [gmpy2.mpfr(h) + t for h, t in zip(head.tolist(), tail.tolist())]
+        exps += _exps_rounded_down(exact, prec)
+    order = np.concatenate([counts[simple], counts[~simple]])
+    return _weighted_sum_bounds(exps, order.tolist(), prec)
+
+
+def _exp_sum_bounds(values: np.ndarray, counts: np.ndarray, top: float, prec: int) -> tuple:
+    """Rigorous [lo, hi] (mpfr) of sum_j counts_j exp(values_j - top), for values <= top."""
+    if not len(values):
+        return gmpy2.mpfr(0), gmpy2.mpfr(0)
+    if max(abs(float(values[0])), abs(top)) <= DIRECT_LIMIT:  # values are sorted
+        return _scaled_exp_sum(values, counts, top, prec)
+    return _shifted_exp_sum(values, counts, top, prec)
+
+
+def _to_mpf(x: gmpy2.mpfr) -> tuple:
+    man, exp = x.as_mantissa_exp()
+    return mp.from_man_exp(int(man), int(exp))
+
+
+def _enclose(row: np.ndarray, target: int, fmt: Format, prec: int) -> _Enclosure:
     """Rigorous enclosure of the loss of a row with no +inf/NaN and a finite target."""
-    # Rows repeat values (flat backgrounds; a 16-bit format has at most 65,536 values),
-    # so each distinct value is converted and exponentiated once, then counted.
-    counts = Counter(v for v in row if v != -math.inf)
-    top = max(counts)
+    finite = row[row != -np.inf]
+    top = float(finite.max())
     m = mp.from_float(top)
-    a = mp.mpf_sub(m, mp.from_float(row[target]), 0)  # exact (prec 0)
-    counts[top] -= 1  # the maximum's own term is the 1 in log1p
-    others = {v: c for v, c in counts.items() if c}
-    if not others:
+    a = mp.mpf_sub(m, mp.from_float(float(row[target])), 0)  # exact (prec 0)
+    # Rows repeat values (flat backgrounds; a 16-bit format has at most 65,536 values),
+    # so each distinct value is exponentiated once and weighted by its count.
+    values, counts = np.unique(finite, return_counts=True)
+    counts[-1] -= 1  # the maximum's own term is the 1 in log1p
+    if not counts[-1]:
+        values, counts = values[:-1], counts[:-1]
+    if not len(values):
         return _Enclosure(a, a, False)
-    diffs = {mp.mpf_sub(mp.from_float(v), m, 0): c for v, c in others.items()}
-    largest = max(others) - top  # a float estimate is enough here
-    n_finite = sum(counts.values()) + 1
+    largest = float(values[-1]) - top  # a float estimate is enough here
     # Bits of the sum needed: enough below the loss's own size (or below the format's
     # finest grid, past which nothing changes the rounding). Rigour does not depend
     # on this choice, only whether the enclosure is tight enough to decide.
     a_mag = a[2] + a[3] if a != mp.fzero else -math.inf
     loss_mag = max(a_mag, min(largest * _LOG2E, 0.0) - 1.0, fmt.quantum_exponent - 2)
-    k_bits = max(int(prec + math.log2(n_finite) + 4 - loss_mag), 16)
-    fixed = k_bits + 8  # fixed-point scale: units of 2**-fixed
-    cutoff = -0.71 * k_bits - 1.0
-    s_lo = s_hi = 0
-    for d, count in diffs.items():
-        df = mp.to_float(d)
-        if df == 0.0:
-            lo = hi = 1 << fixed
-        elif df < cutoff:  # exp(d) < 2**-k_bits = 2**8 units
-            lo, hi = 0, 1 << 8
-        else:
-            _, man, exp, _ = mp.mpf_exp(d, prec, mp.round_floor)
-            shift = exp + fixed
-            if shift >= 0:
-                lo, hi = (man - 1) << shift, (man + 2) << shift
-            else:
-                lo, hi = (man - 1) >> -shift, ((man + 2) >> -shift) + 1
-        s_lo += lo * count
-        s_hi += hi * count
-    s_lo_f = mp.from_man_exp(max(s_lo, 0), -fixed)
-    s_hi_f = mp.from_man_exp(s_hi, -fixed)
-    l_lo, l_hi = _log1p_bounds(s_lo_f, s_hi_f, prec)
+    k_bits = max(int(prec + math.log2(len(finite)) + 4 - loss_mag), 16)
+    cutoff = -0.71 * k_bits  # exp(d) < 2**-k_bits below it
+    with np.errstate(over="ignore"):
+        # d is within a relative 2**-53 of x - m: far inside the cutoff's 2.4% margin.
+        evaluated = values - top >= cutoff  # an overflowed -inf difference is far below it too
+    n_cut = int(counts[~evaluated].sum())
+    s_lo, s_hi = _exp_sum_bounds(values[evaluated], counts[evaluated], top, prec)
+    if n_cut:  # each skipped term is below 2**-k_bits
+        with gmpy2.context(precision=prec + 64, round=gmpy2.RoundUp):
+            s_hi += gmpy2.mul_2exp(gmpy2.mpfr(n_cut), -k_bits)
+    l_lo, l_hi = _log1p_bounds(_to_mpf(s_lo), _to_mpf(s_hi), prec)
     lo = mp.mpf_add(a, l_lo, prec, mp.round_floor)
     hi = mp.mpf_add(a, l_hi, prec, mp.round_ceiling)
     # Some finite term is always present here, so the loss is strictly above a.
@@ -160,12 +225,15 @@ def _start_precision(fmt: Format, start_precision: int | None) -> int:
     return start_precision or max(fmt.precision, 53) + START_GUARD_BITS
 
 
-def row_loss(row: Sequence[float], target: int, fmt: Format, start_precision: int | None = None) -> OracleValue:
+def row_loss(
+    row: Sequence[float] | np.ndarray, target: int, fmt: Format, start_precision: int | None = None
+) -> OracleValue:
     """Correctly rounded cross entropy of one row of exact float values.
 
     ``start_precision`` (bits) overrides the first working precision; self-checks use
     it to recompute a value from a much higher starting point.
     """
+    row = np.asarray(row, dtype=np.float64)
     special = _special(row, target)
     if special is not None:
         return OracleValue(special, special, True, 0, "special")
@@ -185,7 +253,7 @@ def row_loss(row: Sequence[float], target: int, fmt: Format, start_precision: in
 
 
 def _validated(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
-    """The logits as float64 (exact) and the targets as ints, after checking shapes and types."""
+    """The logits (on the CPU, unconverted) and the targets as ints, after checking shapes and types."""
     if logits.ndim != 2:
         raise ValueError(f"logits must have shape (N, C), got {tuple(logits.shape)}")
     if targets.shape != (logits.shape[0],):
@@ -198,9 +266,7 @@ def _validated(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tenso
     if bad:
         raise ValueError(f"target {bad[0]} out of range for {n_classes} classes")
     format_of(logits.dtype)  # rejects dtypes the harness does not grade
-    # Rows become Python lists only when the mpmath tier needs them: tolist() of a
-    # million-element batch costs more than the whole fast tier.
-    return logits.detach().cpu().to(torch.float64), target_list
+    return logits.detach().cpu(), target_list
 
 
 def evaluate(
@@ -225,7 +291,10 @@ def evaluate(
         certified, values, estimates = certify_rows(rows, torch.tensor(target_list), fmt)
         for i in np.flatnonzero(certified):
             decided[int(i)] = OracleValue(float(values[i]), float(estimates[i]), True, 53, "float64")
-    return [decided.get(i) or row_loss(rows[i].tolist(), t, fmt, start_precision) for i, t in enumerate(target_list)]
+    return [
+        decided.get(i) or row_loss(rows[i].to(torch.float64).numpy(), t, fmt, start_precision)
+        for i, t in enumerate(target_list)
+    ]
 
 
 def cross_entropy(
@@ -236,14 +305,19 @@ def cross_entropy(
 ) -> torch.Tensor:
     """Per-sample cross entropy correctly rounded to ``dtype`` (uncertified rows raise).
 
-    With reduction="mean", the mean of the exact per-sample losses, correctly rounded.
+    Shapes follow torch: (N, C) logits with (N,) targets, or (N, C, d1, ..., dk) with
+    (N, d1, ..., dk). With reduction="mean", the mean of the exact per-sample losses,
+    correctly rounded.
     """
+    shape = targets.shape
+    if logits.ndim > 2 and targets.ndim == logits.ndim - 1:
+        logits, targets = logits.movedim(1, -1).reshape(-1, logits.shape[1]), targets.reshape(-1)
     if reduction == "none":
         values = evaluate(logits, targets, dtype)
         uncertified = [i for i, v in enumerate(values) if not v.certified]
         if uncertified:
             raise ArithmeticError(f"oracle could not certify rows {uncertified} within {MAX_PRECISION} bits")
-        return torch.tensor([v.value for v in values], dtype=torch.float64).to(dtype)
+        return torch.tensor([v.value for v in values], dtype=torch.float64).to(dtype).reshape(shape)
     if reduction == "mean":
         value = mean_loss(logits, targets, dtype)
         if not value.certified:
@@ -268,7 +342,7 @@ def mean_loss(
         certified, value, estimate = certify_mean(table, torch.tensor(target_list), fmt)
         if certified:
             return OracleValue(value, estimate, True, 53, "float64")
-    rows = table.tolist()
+    rows = list(table.to(torch.float64).numpy())
     specials = [_special(row, t) for row, t in zip(rows, target_list)]
     if any(s is not None for s in specials):
         value = math.fsum(s for s in specials if s is not None)  # nan beats inf, inf + inf = inf

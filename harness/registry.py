@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from harness.formats import FORMATS
+
+if TYPE_CHECKING:
+    from strategies import Case
 
 __all__ = ["ALL_DTYPES", "REGISTRY", "Implementation", "Registry"]
 
@@ -30,9 +34,15 @@ class Implementation:
     dtypes: tuple[torch.dtype, ...] = ALL_DTYPES
     source: str = "built-in"  # "built-in", "module:function" or "file.py:function"
     description: str = ""
+    # Accepts (N, C, d1, ..., dk) logits with (N, d1, ..., dk) targets, as torch's
+    # cross_entropy does; only such implementations get layout-regime cases.
+    k_dimensional: bool = False
 
     def supports(self, dtype: torch.dtype) -> bool:
         return dtype in self.dtypes
+
+    def supports_case(self, case: Case) -> bool:
+        return self.supports(case.dtype) and (case.logits.ndim == 2 or self.k_dimensional)
 
 
 class Registry:
@@ -47,11 +57,18 @@ class Registry:
         self._items[impl.name] = impl
         return impl
 
-    def declare(self, name: str, *, dtypes: tuple[torch.dtype, ...] = ALL_DTYPES, description: str = ""):
+    def declare(
+        self,
+        name: str,
+        *,
+        dtypes: tuple[torch.dtype, ...] = ALL_DTYPES,
+        description: str = "",
+        k_dimensional: bool = False,
+    ):
         """Decorator form of register() for a function defined in place."""
 
         def wrap(fn: LossFn) -> LossFn:
-            self.register(Implementation(name, fn, dtypes, "built-in", description))
+            self.register(Implementation(name, fn, dtypes, "built-in", description, k_dimensional))
             return fn
 
         return wrap

@@ -11,7 +11,7 @@ from harness import oracle
 from harness.formats import bit_pattern
 from harness.loading import load_implementation
 from harness.runner import run_case
-from reports.store import load_cases, load_manifest, load_records
+from reports.store import load_cases, load_manifest, load_records, load_reproducers
 
 __all__ = ["replay_case"]
 
@@ -32,6 +32,9 @@ def replay_case(report: Path, case_id: str, impl_specs: Sequence[str] | None = N
     implementations = [load_implementation(spec) for spec in specs]
     records = load_records(report)
     recorded = records[records["case_id"] == case_id].set_index("impl")
+    reproducers = load_reproducers(report)
+    if recorded.empty and reproducers is not None:  # a shrunk reproducer: its implementation's output is kept
+        recorded = reproducers[reproducers["reproducer"] == case_id].set_index("impl")
     fresh = run_case(case, implementations)
     dtype = case.dtype
     lines = [
@@ -40,7 +43,7 @@ def replay_case(report: Path, case_id: str, impl_specs: Sequence[str] | None = N
     ]
     if case.logits.numel() <= 64:
         lines.append(f"logits {case.logits.to(torch.float64).tolist()}")
-    per_sample = oracle.evaluate(case.logits, case.targets)
+    per_sample = oracle.evaluate(case.row_logits, case.row_targets)
     lines.append(
         "oracle " + ", ".join(_show(v.value, dtype) + ("" if v.certified else " UNCERTIFIED") for v in per_sample)
     )

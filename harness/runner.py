@@ -59,12 +59,12 @@ class _LazyOracle:
 
     def per_sample(self) -> list[oracle.OracleValue]:
         if self._per_sample is None:
-            self._per_sample = self._timed(lambda: oracle.evaluate(self.case.logits, self.case.targets))
+            self._per_sample = self._timed(lambda: oracle.evaluate(self.case.row_logits, self.case.row_targets))
         return self._per_sample
 
     def mean(self) -> oracle.OracleValue:
         if self._mean is None:
-            self._mean = self._timed(lambda: oracle.mean_loss(self.case.logits, self.case.targets))
+            self._mean = self._timed(lambda: oracle.mean_loss(self.case.row_logits, self.case.row_targets))
         return self._mean
 
 
@@ -79,7 +79,8 @@ def _failure(outcome: str, message: str) -> dict:
 
 def _special_rows(case: Case) -> np.ndarray:
     """Rows holding +inf or NaN: no finite answer exists there."""
-    return (torch.isnan(case.logits) | torch.isposinf(case.logits)).any(dim=1).numpy()
+    rows = case.row_logits
+    return (torch.isnan(rows) | torch.isposinf(rows)).any(dim=1).numpy()
 
 
 def _allowances(values: list[oracle.OracleValue], case: Case, mean: bool) -> np.ndarray:
@@ -99,24 +100,27 @@ def run_case(
     policy: Policy = Policy(),
     caller: Caller | None = None,
 ) -> list[dict]:
-    """One record per implementation that supports the case's dtype."""
+    """One record per implementation that supports the case (its dtype, and its layout).
+
+    Samples are numbered in the row-major order of the targets (see Case.row_logits).
+    """
     caller = caller or Caller()
     lazy = _LazyOracle(case)
     special = _special_rows(case)
     shared = {
         "case_id": case.case_id, "regime": case.regime, "dtype": case.format.name,
-        "n_samples": int(case.logits.shape[0]), "n_classes": case.n_classes, **_logit_stats(case),
+        "n_samples": case.n_samples, "n_classes": case.n_classes, **_logit_stats(case),
     }  # fmt: skip
     records = []
     for impl in implementations:
-        if not impl.supports(case.dtype):
+        if not impl.supports_case(case):
             continue
         called = caller.call(impl, case)
         output, seconds = called.output, called.seconds
         reduction = "none"
         if called.failure:
             metrics = _failure(called.failure, called.message)
-        elif output.ndim == 0 or (output.shape == (1,) and case.logits.shape[0] != 1):
+        elif output.shape != case.targets.shape:  # a scalar or (1,): the mean (the caller checked)
             reduction = "mean"
             values = lazy.per_sample()
             # inf is an acceptable mean when a row's loss, or the sum of the rows' losses
@@ -131,7 +135,9 @@ def run_case(
         else:
             values = lazy.per_sample()
             allowed = _allowances(values, case, mean=False)
-            metrics = measure(output, values, case.dtype, allowed=allowed, special_input=special, policy=policy)
+            metrics = measure(
+                output.reshape(-1), values, case.dtype, allowed=allowed, special_input=special, policy=policy
+            )
         used = lazy.per_sample() if reduction == "none" else [lazy.mean()]
         worst = used[max(metrics["sample"], 0)]
         records.append(

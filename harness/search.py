@@ -109,6 +109,7 @@ def search(
     on_cell: Callable[[SearchResult], None] | None = None,
     shard: tuple[int, int] = (1, 1),
     progress: bool | None = None,
+    targeted: bool = True,
 ) -> SearchResult:
     """Every implementation on ``examples`` cases per (dtype, regime) cell.
 
@@ -121,6 +122,7 @@ def search(
     returns what was computed, with ``interrupted`` set. Finally ``self_check`` cases are
     re-evaluated by the oracle at higher precision, mpmath only; a disagreement is a tool
     error. ``shard=(k, n)`` runs only the k-th of every n cells (see ``harness merge``).
+    ``targeted=False`` turns off Hypothesis's target phase (plain generation, for comparison).
     """
     caller = caller or Caller()
     finished = finished or {}
@@ -145,7 +147,7 @@ def search(
                 bar.update(examples)
                 continue
             shrinking = False
-            phases = [Phase.explicit, Phase.generate, Phase.target]
+            phases = [Phase.explicit, Phase.generate] + ([Phase.target] if targeted else [])
             phases += [Phase.shrink] if fails and shrink_left > 0 else []
 
             def visit(case: Case) -> None:
@@ -161,7 +163,12 @@ def search(
                 if failing:
                     shrinking = True
                     raise _Flagged(case, failing[0])
-                target(_score(records), label="log2(1 + error / allowance)")
+                if targeted:
+                    # one target per implementation: a single shared score would be pinned by
+                    # whichever implementation fails worst (naive's inf) and steer nothing else
+                    for impl in running:
+                        mine = [r for r in records if r["impl"] == impl.name]
+                        target(_score(mine), label=f"log2(1 + error / allowance) of {impl.name}")
 
             @profile.hypothesis_settings(
                 max_examples=examples, phases=phases, report_multiple_bugs=False, verbosity=Verbosity.quiet
@@ -219,9 +226,9 @@ def oracle_self_check(result: SearchResult, count: int) -> list[str]:
     errors = []
     for case_id in chosen:
         case = result.cases[case_id]
-        first = oracle.evaluate(case.logits, case.targets)
-        again = oracle.evaluate(case.logits, case.targets, start_precision=2 * (case.format.precision + 53) + 80,
-                                tiers=("mpmath",))  # fmt: skip
+        first = oracle.evaluate(case.row_logits, case.row_targets)
+        precision = 2 * (case.format.precision + 53) + 80
+        again = oracle.evaluate(case.row_logits, case.row_targets, start_precision=precision, tiers=("mpmath",))
         for sample, (a, b) in enumerate(zip(first, again)):
             if not (a.value == b.value or (math.isnan(a.value) and math.isnan(b.value))):
                 errors.append(f"oracle self-check: case {case_id} sample {sample}: {a.value!r} ({a.method}) "

@@ -9,6 +9,7 @@ import math
 import pandas as pd
 
 from reports import plots
+from reports.stats import reproducer_table
 
 __all__ = ["render_html"]
 
@@ -57,8 +58,14 @@ def _worst_table(records: pd.DataFrame, report_dir: str) -> pd.DataFrame:
     return worst[columns]
 
 
-def render_html(records: pd.DataFrame, summary: pd.DataFrame, manifest: dict, report_dir: str) -> str:
-    """The whole page: run header, outcome bars, error plots, histograms, worst cases, summary."""
+def render_html(
+    records: pd.DataFrame,
+    summary: pd.DataFrame,
+    manifest: dict,
+    report_dir: str,
+    reproducers: pd.DataFrame | None = None,
+) -> str:
+    """The whole page: run header, outcome bars, error plots, histograms, worst cases, reproducers, summary."""
     versions = ", ".join(f"{k} {v}" for k, v in manifest.get("versions", {}).items())
     partial = manifest.get("status") != "complete"
     header = [
@@ -83,8 +90,12 @@ def render_html(records: pd.DataFrame, summary: pd.DataFrame, manifest: dict, re
         ("Distribution of errors (ULP histograms, as bits)", _img(plots.histograms(finite), "histograms")),
         ("Worst case per regime and implementation",
          _table(_worst_table(records, report_dir), names=("regime", "impl", "dtype", "verdict", "outcome", "replay"))),
-        ("Summary per implementation, dtype and regime", _table(summary, names=("impl", "dtype", "regime"))),
     ]  # fmt: skip
+    if reproducers is not None and len(reproducers):
+        shown = reproducer_table(reproducers, report_dir)
+        sections.append(("Minimal reproducers (shrunk by Hypothesis)", _table(shown, names=tuple(shown.columns[:6]))))
+    summary_table = _table(summary, names=("impl", "dtype", "regime"))
+    sections.append(("Summary per implementation, dtype and regime", summary_table))
     body = "".join(f"<h2>{html.escape(title)}</h2>{content}" for title, content in sections)
     title = "Cross-entropy stability report" + (" (partial)" if partial else "")
     return (

@@ -6,6 +6,8 @@ import math
 
 import pandas as pd
 
+from reports.stats import reproducer_table
+
 __all__ = ["render_summary"]
 
 
@@ -26,8 +28,15 @@ def _table(frame: pd.DataFrame) -> str:
     return "\n".join([header, rule, *rows])
 
 
-def render_summary(headline: pd.DataFrame, summary: pd.DataFrame, manifest: dict) -> str:
-    """A Markdown page: run line, the per-(impl, dtype) headline, the full per-regime table."""
+def render_summary(
+    headline: pd.DataFrame,
+    summary: pd.DataFrame,
+    manifest: dict,
+    reproducers: pd.DataFrame | None = None,
+    report_dir: str = "REPORT_DIR",
+) -> str:
+    """A Markdown page: run line, the per-(impl, dtype) headline, the full per-regime table,
+    and the minimal reproducers of the failures, when there are any."""
     head = headline.assign(exact_share=headline["exact_share"].map(lambda s: f"{100 * s:.0f}%"))
     nonzero = [c for c in summary.columns if not (summary[c].dtype.kind in "iu" and summary[c].eq(0).all())]
     lines = [
@@ -56,4 +65,13 @@ def render_summary(headline: pd.DataFrame, summary: pd.DataFrame, manifest: dict
         _table(summary[nonzero]),
         "",
     ]
+    if reproducers is not None and len(reproducers):
+        lines += [
+            "## Minimal reproducers",
+            "",
+            "Each failing (implementation, dtype, regime), searched again with its seed and shrunk by Hypothesis.",
+            "",
+            _table(reproducer_table(reproducers, report_dir)),
+            "",
+        ]
     return "\n".join(lines)

@@ -7,7 +7,7 @@ import pandas as pd
 from harness.metrics import FAILURE_OUTCOMES, OUTCOMES
 from harness.verdicts import VERDICTS
 
-__all__ = ["GROUP", "headline", "summarize", "worst_cases"]
+__all__ = ["GROUP", "headline", "reproducer_table", "summarize", "worst_cases"]
 
 GROUP = ["impl", "dtype", "regime"]
 _NONFINITE_FAILURES = ["spurious_inf", "spurious_nan", "missing_nonfinite"]
@@ -70,3 +70,13 @@ def headline(records: pd.DataFrame) -> pd.DataFrame:
         unstable=("unstable", "sum"),
     )
     return table.reset_index()
+
+
+def reproducer_table(reproducers: pd.DataFrame, report_dir: str) -> pd.DataFrame:
+    """The reproducers to show: where each failure was shrunk to, and the command that replays it."""
+    shown = reproducers.assign(
+        replay=lambda f: f["reproducer"].map(
+            lambda cid: f"python -m harness replay {report_dir} {cid}" if isinstance(cid, str) and cid else "–"
+        )
+    )
+    return shown[["impl", "dtype", "regime", "outcome", "status", "shape", "ulps", "worst_case", "replay"]]

@@ -13,7 +13,7 @@ import pandas as pd
 from reports.html import render_html
 from strategies import Case
 
-__all__ = ["atomic_write", "load_cases", "load_manifest", "load_records", "write_report"]
+__all__ = ["atomic_write", "load_cases", "load_manifest", "load_records", "load_reproducers", "write_report"]
 
 MANIFEST = "manifest.json"
 RECORDS_CSV = "records.csv"
@@ -22,6 +22,7 @@ SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
 REPORT_HTML = "report.html"
 CASES = "cases.jsonl"
+REPRODUCERS_CSV = "reproducers.csv"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -61,6 +62,7 @@ def write_report(
     cases: Iterable[Case],
     manifest: dict,
     with_html: bool = True,
+    reproducers: pd.DataFrame | None = None,
 ) -> None:
     """Write every file of a report folder; the manifest goes last, so its presence means done."""
     out.mkdir(parents=True, exist_ok=True)
@@ -70,8 +72,10 @@ def write_report(
         atomic_write(out / RECORDS_PARQUET, parquet)
     atomic_write(out / SUMMARY_CSV, summary.to_csv(index=False))
     atomic_write(out / SUMMARY_MD, markdown)
+    if reproducers is not None:
+        atomic_write(out / REPRODUCERS_CSV, reproducers.to_csv(index=False))
     if with_html and len(records):  # checkpoints skip the plots: they cost a second or two
-        atomic_write(out / REPORT_HTML, render_html(records, summary, manifest, str(out)))
+        atomic_write(out / REPORT_HTML, render_html(records, summary, manifest, str(out), reproducers))
     atomic_write(out / CASES, "".join(json.dumps(c.to_json()) + "\n" for c in cases))
     atomic_write(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
@@ -90,6 +94,15 @@ def load_records(folder: Path) -> pd.DataFrame:
     # pandas < 3 parses floats fast but up to an ulp off unless asked to round-trip; 3 always does
     exact = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
     return pd.read_csv(Path(folder) / RECORDS_CSV, dtype={"output_bits": str}, **exact)
+
+
+def load_reproducers(folder: Path) -> pd.DataFrame | None:
+    """The minimal reproducers of an audit, or None where the report has none."""
+    path = Path(folder) / REPRODUCERS_CSV
+    if not path.is_file():
+        return None
+    exact = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
+    return pd.read_csv(path, dtype={"output_bits": str, "reproducer": str, "worst_case": str}, **exact)
 
 
 def load_cases(folder: Path) -> dict[str, Case]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
@@ -16,15 +17,22 @@ from harness.formats import FORMATS, Format
 from strategies.floats import as_format
 from strategies.regimes import LARGE_VOCABULARIES, REGIMES, row_strategy
 
-__all__ = ["Case", "cases", "class_counts"]
+__all__ = ["Case", "batch_shapes", "cases", "class_counts"]
 
 SMALL_CLASS_LIMIT = 64
+LAYOUT_MAX_EXTENT = 3  # each extra dimension of a layout case
 MID_VOCABULARIES = (1_024, 4_096)
 
 
 @dataclass(frozen=True, eq=False)
 class Case:
-    """Logits (N, C) in the case's dtype, int64 targets (N,), and the regime that made them."""
+    """Logits in the case's dtype, int64 targets, and the regime that made them.
+
+    Logits are (N, C) with targets (N,), or, for the layout regime, (N, C, d1, ..., dk)
+    with targets (N, d1, ..., dk): torch's convention, the class dimension second.
+    ``row_logits``/``row_targets`` are the same samples as (M, C) rows and (M,) targets,
+    in the row-major order of the targets, which is what the oracle evaluates.
+    """
 
     logits: torch.Tensor
     targets: torch.Tensor
@@ -41,6 +49,21 @@ class Case:
     @property
     def n_classes(self) -> int:
         return int(self.logits.shape[1])
+
+    @property
+    def row_logits(self) -> torch.Tensor:
+        if self.logits.ndim == 2:
+            return self.logits
+        return self.logits.movedim(1, -1).reshape(-1, self.n_classes)
+
+    @property
+    def row_targets(self) -> torch.Tensor:
+        return self.targets.reshape(-1)
+
+    @property
+    def n_samples(self) -> int:
+        """Losses per call with reduction='none': N, or N * d1 * ... * dk."""
+        return self.targets.numel()
 
     def _bit_bytes(self) -> bytes:
         return self.logits.contiguous().view(self.format.int_dtype).numpy().tobytes()
@@ -90,15 +113,28 @@ def class_counts(regime: str, max_classes: int) -> st.SearchStrategy[int]:
     return st.integers(2, min(SMALL_CLASS_LIMIT, max_classes))
 
 
+def batch_shapes(regime: str, max_samples: int) -> st.SearchStrategy[tuple[int, ...]]:
+    """The shape of a case's targets: (N,), or (N, d1, ..., dk) with k = 1 or 2 for layout."""
+    if regime == "large_vocab":
+        return st.just((1,))
+    samples = st.integers(1, max_samples)
+    if regime != "layout":
+        return samples.map(lambda n: (n,))
+    extra = st.lists(st.integers(1, LAYOUT_MAX_EXTENT), min_size=1, max_size=2)
+    return st.tuples(samples, extra).map(lambda pair: (pair[0], *pair[1]))
+
+
 @st.composite
 def _case(draw, formats: list[Format], regimes: list[str], max_classes: int, max_samples: int) -> Case:
     fmt = draw(st.sampled_from(formats))
     regime = draw(st.sampled_from(regimes))
     n_classes = draw(class_counts(regime, max_classes))
-    n_samples = 1 if regime == "large_vocab" else draw(st.integers(1, max_samples))
-    rows = [draw(row_strategy(regime, fmt, n_classes)) for _ in range(n_samples)]
+    shape = draw(batch_shapes(regime, max_samples))
+    rows = [draw(row_strategy(regime, fmt, n_classes)) for _ in range(math.prod(shape))]
     logits = torch.tensor([values for values, _ in rows], dtype=torch.float64).to(fmt.dtype)
-    targets = torch.tensor([target for _, target in rows], dtype=torch.int64)
+    targets = torch.tensor([target for _, target in rows], dtype=torch.int64).reshape(shape)
+    if len(shape) > 1:  # rows fill (N, d1, ..., C); the class dimension then moves second
+        logits = logits.reshape(*shape, n_classes).movedim(-1, 1).contiguous()
     return Case(logits, targets, regime)
 
 
@@ -111,9 +147,11 @@ def cases(
     """Cases of extreme logits for cross entropy.
 
     ``dtype``: one dtype or several (default: float16, bfloat16, float32, float64).
-    ``regimes``: names from strategies.REGIMES (default: all that fit ``max_classes``).
+    ``regimes``: names from strategies.REGIMES (default: all that fit ``max_classes``,
+    except ``layout``, whose (N, C, d1, ..., dk) logits only some losses accept).
     ``max_classes``: the largest class count drawn (large_vocab needs at least 1024).
-    ``max_samples``: the most rows per case (large_vocab rows come one per case).
+    ``max_samples``: the most rows per case, N (large_vocab rows come one per case;
+    layout cases are (N, C, d1, ..., dk), so up to N * 9 rows).
 
     >>> from hypothesis import given
     >>> @given(cases(dtype="bfloat16", regimes=["huge", "ties"]))
@@ -132,7 +170,8 @@ def cases(
     if not isinstance(max_samples, int) or max_samples < 1:
         raise InvalidArgument(f"max_samples must be an integer >= 1, got {max_samples!r}")
     if regimes is None:
-        chosen = [r for r in REGIMES if r != "large_vocab" or max_classes >= MID_VOCABULARIES[0]]
+        # layout changes the shape contract, so it is drawn only when named
+        chosen = [r for r in REGIMES if r != "layout" and (r != "large_vocab" or max_classes >= MID_VOCABULARIES[0])]
     else:
         chosen = list(regimes)
         unknown = [r for r in chosen if r not in REGIMES]

@@ -207,7 +207,15 @@ def large_vocab(fmt: Format, n_classes: int) -> st.SearchStrategy[Row]:
     return _large_vocab(fmt, n_classes)
 
 
-REGIMES: dict[str, RowBuilder] = {**SMALL_REGIMES, "large_vocab": large_vocab}
+def layout(fmt: Format, n_classes: int) -> st.SearchStrategy[Row]:
+    """Rows of a (N, C, d1, ..., dk) case (pytorch#85791): each from any small regime.
+
+    strategies.cases gives this regime its batch shape; the rows here only fill it.
+    """
+    return st.one_of(*(builder(fmt, n_classes) for builder in SMALL_REGIMES.values()))
+
+
+REGIMES: dict[str, RowBuilder] = {**SMALL_REGIMES, "large_vocab": large_vocab, "layout": layout}
 
 
 def row_strategy(regime: str, fmt: Format, n_classes: int) -> st.SearchStrategy[Row]:

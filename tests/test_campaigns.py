@@ -9,7 +9,8 @@ import pytest
 
 from harness.cli import main
 
-SMALL = ["--dtype", "float32", "--dtype", "bfloat16", "--examples", "3", "--max-classes", "64", "--quiet"]
+SMALL = ["--dtype", "float32", "--dtype", "bfloat16", "--examples", "3", "--max-classes", "64", "--quiet",
+         "--shrink-seconds", "0"]  # fmt: skip
 TIMING = ["impl_seconds", "oracle_seconds"]
 
 
@@ -56,3 +57,20 @@ def test_workers_run_shards_in_parallel_and_merge(single, tmp_path):
 def test_bad_shard_specs(bad, capsys):
     assert main(["audit", "--shard", bad]) == 2
     assert "K/N" in capsys.readouterr().err
+
+
+def test_merge_keeps_every_shards_reproducers(tmp_path):
+    from reports.store import load_cases, load_reproducers
+
+    failing = ["--impl", "naive", "--dtype", "float32", "--regime", "huge", "--regime", "near_overflow",
+               "--examples", "4", "--max-classes", "64", "--quiet", "--shrink-seconds", "10"]  # fmt: skip
+    shards = [tmp_path / "a", tmp_path / "b"]
+    for k, folder in enumerate(shards, 1):
+        assert main(["audit", *failing, "--shard", f"{k}/2", "--out", str(folder)]) == 0
+    assert main(["merge", *map(str, shards), "--out", str(tmp_path / "m"), "--quiet"]) == 0
+    parts = pd.concat([load_reproducers(folder) for folder in shards], ignore_index=True)
+    merged = load_reproducers(tmp_path / "m")
+    assert sorted(merged["regime"]) == sorted(parts["regime"]) == ["huge", "near_overflow"]
+    assert merged["worst_allowance_ratio"].is_monotonic_decreasing or merged["regime"].nunique() == 1
+    stored = load_cases(tmp_path / "m")
+    assert set(merged["reproducer"].dropna()) <= set(stored)

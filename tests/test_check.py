@@ -198,3 +198,35 @@ def test_check_runs_the_implementation_on_cuda():
 
     result = harness.check(on_device, dtypes=["float32"], regimes=["moderate"], examples=3, device="cuda")
     assert result.passed and set(seen) == {"cuda"}
+
+
+def test_layout_regime_catches_a_layout_bug_and_spares_torch():
+    """Only implementations declared k_dimensional get (N, C, d1, ...) cases (pytorch#85791)."""
+    broken = harness.check(mutants.flatten_ignoring_layout, dtypes=["float32"], regimes=["layout"], examples=10)
+    assert not broken.passed
+    (cx,) = broken.counterexamples
+    assert cx.case.logits.ndim >= 3 and cx.case.targets.shape == (cx.case.logits.shape[0], *cx.case.logits.shape[2:])
+    sound_torch = harness.check(sound.torch_ce, dtypes=["float32"], regimes=["layout"], examples=10)
+    assert sound_torch.passed and len(sound_torch.records) == 10
+
+
+def test_layout_regime_needs_a_k_dimensional_implementation():
+    with pytest.raises(ValueError, match="k_dimensional"):
+        harness.check(mutants.no_max_shift, dtypes=["float32"], regimes=["layout"], examples=2)
+    # by default the regime is simply left out for a 2-D-only implementation
+    plain = harness.check(mutants.no_max_shift, dtypes=["float64"], examples=2, max_classes=64)
+    assert "layout" not in set(plain.records["regime"])
+    declared = harness.check(sound.upcast_float32, dtypes=["float64"], regimes=["layout"], examples=3,
+                             k_dimensional=True)  # fmt: skip
+    assert set(declared.records["regime"]) == {"layout"} and declared.passed
+
+
+def test_layout_output_must_have_the_targets_shape():
+    def flattened(logits, targets):
+        return F.cross_entropy(logits, targets, reduction="none").reshape(-1)
+
+    flattened.k_dimensional = True
+    result = harness.check(flattened, dtypes=["float64"], regimes=["layout"], examples=5)
+    multi = result.records[result.records["n_samples"] > 1]
+    assert len(multi) and (multi["outcome"] == "bad_output").all()
+    assert multi["message"].str.contains("expected").all()

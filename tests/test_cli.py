@@ -10,7 +10,7 @@ import pytest
 from harness.cli import main
 from reports.store import load_cases
 
-TINY = ["--examples", "2", "--max-classes", "64", "--quiet"]
+TINY = ["--examples", "2", "--max-classes", "64", "--quiet", "--shrink-seconds", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +78,8 @@ def test_same_seed_same_records(report, tmp_path):
         (["audit", "--examples", "0"], "positive integer"),
         (["audit", "--impl", "no_such"], "unknown implementation 'no_such'"),
         (["audit", "--impl", "nonexistent_module_xyz:fn"], "cannot load"),
+        (["audit", "--impl", "stable", "--regime", "layout"], "regime 'layout' needs an implementation"),
+        (["check", "naive", "--regime", "layout"], "regime 'layout' needs an implementation"),
         (["replay", "/nonexistent/report", "abc"], "not a report folder"),
         (["frobnicate"], "invalid choice"),
     ],

@@ -4,6 +4,7 @@ against itself at higher precision; plus the documented special-value semantics.
 import math
 
 import mpmath
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -126,20 +127,39 @@ REFERENCE_REGIMES = ["moderate", "offset", "ties", "confident_mistake", "near_ov
 @settings(max_examples=60)
 @given(cases(regimes=REFERENCE_REGIMES, max_classes=64))
 def test_matches_independent_high_precision_evaluation(case):
-    values = oracle.evaluate(case.logits, case.targets)
-    rows = case.logits.to(torch.float64).tolist()
-    for row, target, value in zip(rows, case.targets.tolist(), values):
+    values = oracle.evaluate(case.row_logits, case.row_targets)
+    rows = case.row_logits.to(torch.float64).tolist()
+    for row, target, value in zip(rows, case.row_targets.tolist(), values):
         assert value.certified
         if row[target] == -INF or all(v == -INF for v in row):
             continue  # special values: covered by the semantics test
         assert value.value == _rounded(_reference(row, target), case.dtype)
 
 
+@settings(max_examples=150)
+@given(
+    st.lists(st.floats(-(2.0**16), 2.0**16, allow_nan=False, allow_subnormal=True), min_size=1, max_size=30),
+    st.integers(min_value=60, max_value=300),
+)
+def test_both_exp_sum_routes_enclose_the_reference(xs, prec):
+    # The direct route (exp(-m) * sum exp(x)) and the exact-difference route (double-double
+    # x - m) must both bracket sum_j c_j exp(x_j - m), to about prec bits.
+    values = np.unique(np.array(xs, dtype=np.float64))
+    counts = np.arange(1, len(values) + 1)
+    top = float(values[-1])
+    with mpmath.workprec(3000):
+        reference = mpmath.fsum(int(c) * mpmath.exp(mpmath.mpf(v) - mpmath.mpf(top)) for v, c in zip(values, counts))
+        for route in (oracle._scaled_exp_sum, oracle._shifted_exp_sum):
+            lo, hi = (mpmath.mpf(oracle._to_mpf(bound)) for bound in route(values, counts, top, prec))
+            assert lo <= reference <= hi, route.__name__
+            assert hi - lo <= reference * mpmath.mpf(2) ** (4 - prec), route.__name__
+
+
 @settings(max_examples=60)
 @given(cases(max_classes=64))
 def test_agrees_with_itself_at_higher_precision(case):
-    fast = oracle.evaluate(case.logits, case.targets)
-    slow = oracle.evaluate(case.logits, case.targets, start_precision=1024)
+    fast = oracle.evaluate(case.row_logits, case.row_targets)
+    slow = oracle.evaluate(case.row_logits, case.row_targets, start_precision=1024)
     for a, b in zip(fast, slow):
         assert a.certified and b.certified
         assert a.value == b.value or (math.isnan(a.value) and math.isnan(b.value))
@@ -188,12 +208,12 @@ def _same(a: float, b: float) -> bool:
 @settings(max_examples=2000, deadline=None)
 @given(cases(dtype=["float16", "bfloat16", "float32"], max_classes=64))
 def test_fast_tier_agrees_with_mpmath_only(case):
-    tiered = oracle.evaluate(case.logits, case.targets)
-    mpmath_only = oracle.evaluate(case.logits, case.targets, tiers=("mpmath",))
+    tiered = oracle.evaluate(case.row_logits, case.row_targets)
+    mpmath_only = oracle.evaluate(case.row_logits, case.row_targets, tiers=("mpmath",))
     for a, b in zip(tiered, mpmath_only):
         assert a.certified and b.certified and _same(a.value, b.value)
-    mean_a = oracle.mean_loss(case.logits, case.targets)
-    mean_b = oracle.mean_loss(case.logits, case.targets, tiers=("mpmath",))
+    mean_a = oracle.mean_loss(case.row_logits, case.row_targets)
+    mean_b = oracle.mean_loss(case.row_logits, case.row_targets, tiers=("mpmath",))
     assert _same(mean_a.value, mean_b.value)
 
 
@@ -214,3 +234,13 @@ def test_fast_tier_never_decides_float64_or_specials():
     assert {v.method for v in oracle.evaluate(logits32, torch.tensor([0, 0]))} == {"special"}
     with pytest.raises(ValueError, match="tiers"):
         oracle.evaluate(logits, torch.tensor([0, 1]), tiers=("float64",))
+
+
+def test_k_dimensional_input_follows_torch_shapes():
+    logits = torch.randn(2, 5, 3, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    targets = torch.randint(0, 5, (2, 3, 2), generator=torch.Generator().manual_seed(4))
+    exact = oracle.cross_entropy(logits, targets)
+    assert exact.shape == targets.shape
+    torch.testing.assert_close(exact, torch.nn.functional.cross_entropy(logits, targets, reduction="none"))
+    rows = oracle.cross_entropy(logits.movedim(1, -1).reshape(-1, 5), targets.reshape(-1))
+    assert torch.equal(exact.reshape(-1), rows)

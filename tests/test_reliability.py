@@ -90,7 +90,7 @@ def test_bad_usage_is_one_line_exit_2(args, message, capsys):
 
 def test_corrupt_report_is_a_usage_error(tmp_path, capsys):
     assert main(["audit", "--examples", "2", "--max-classes", "64", "--regime", "huge", "--quiet",
-                 "--out", str(tmp_path)]) == 0  # fmt: skip
+                 "--shrink-seconds", "0", "--out", str(tmp_path)]) == 0  # fmt: skip
     case_id = json.loads((tmp_path / "cases.jsonl").read_text().splitlines()[0])["case_id"]
     (tmp_path / "cases.jsonl").write_text('{"case_id": "x", "bits": "%%%"}\n')
     assert main(["replay", str(tmp_path), case_id]) == 2
@@ -124,7 +124,7 @@ def test_oracle_self_check_disagreement_is_a_tool_error(tmp_path, monkeypatch, c
 
     monkeypatch.setattr(oracle_module, "certify_rows", off_by_a_lot)
     code = main(["audit", "--examples", "3", "--max-classes", "64", "--dtype", "float32", "--regime", "moderate",
-                 "--quiet", "--out", str(tmp_path)])  # fmt: skip
+                 "--quiet", "--shrink-seconds", "0", "--out", str(tmp_path)])  # fmt: skip
     assert code == 3
     assert "TOOL ERROR: oracle self-check" in capsys.readouterr().err
     manifest = json.loads((tmp_path / "manifest.json").read_text())
@@ -132,7 +132,8 @@ def test_oracle_self_check_disagreement_is_a_tool_error(tmp_path, monkeypatch, c
 
 
 SLOW_AUDIT = ["-m", "harness", "audit", "--impl", "tests.implementations.faulty:slow", "--dtype", "float32",
-              "--dtype", "float64", "--examples", "6", "--max-classes", "64", "--quiet"]  # fmt: skip
+              "--dtype", "float64", "--examples", "6", "--max-classes", "64", "--quiet",
+              "--shrink-seconds", "0"]  # fmt: skip
 TIMING = ["impl_seconds", "oracle_seconds"]
 
 

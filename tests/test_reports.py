@@ -46,7 +46,8 @@ def html_report(tmp_path_factory):
         "import torch.nn.functional as F\ndef ce(x, t):\n    return F.cross_entropy(x, t, reduction='none')\n"
     )
     args = ["audit", "--examples", "3", "--max-classes", "64", "--regime", "huge", "--regime", "moderate",
-            "--impl", "naive", "--impl", f"{hostile}:ce", "--quiet", "--out", str(folder / "out")]  # fmt: skip
+            "--impl", "naive", "--impl", f"{hostile}:ce", "--quiet", "--shrink-seconds", "10",
+            "--out", str(folder / "out")]  # fmt: skip
     assert main(args) == 0
     return folder / "out"
 
@@ -63,6 +64,42 @@ def test_html_parses_with_every_section_and_embedded_images(html_report):
     assert "http://" not in text and "https://" not in text  # nothing fetched from the network
     for needle in ("Command:", "Seed:", "torch", "hypothesis", "mpmath", "python -m harness replay"):
         assert needle in text
+
+
+def test_failures_get_shrunk_reproducers_that_replay_bit_for_bit(html_report, capsys):
+    """The audit keeps every case; afterwards each failing cell is searched again and shrunk."""
+    from harness.formats import FORMATS as formats
+    from harness.registry import REGISTRY
+    from harness.runner import run_case
+    from reports.store import load_cases, load_records, load_reproducers
+
+    reproducers = load_reproducers(html_report)
+    records = load_records(html_report)
+    failing = records[records["verdict"] == "unstable"].drop_duplicates(["impl", "dtype", "regime"])
+    assert len(reproducers) == len(failing) and set(reproducers["impl"]) == {"naive"}
+    shrunk = reproducers[reproducers["status"] == "shrunk"]
+    assert len(shrunk) >= 1
+    stored = load_cases(html_report)
+    for row in shrunk.to_dict(orient="records"):
+        case = stored[row["reproducer"]]  # stored exactly, so it replays
+        assert case.format is formats[row["dtype"]] and case.regime == row["regime"]
+        worst = stored[row["worst_case"]]
+        assert case.row_logits.numel() <= worst.row_logits.numel()  # no bigger than the worst case
+        (again,) = run_case(case, [REGISTRY.get("naive")])
+        assert again["outcome"] == row["outcome"] and again["verdict"] == "unstable"
+        assert again["output_bits"] == row["output_bits"]
+        assert main(["replay", str(html_report), row["reproducer"], "--impl", "naive"]) == 0
+        assert "[same bits as recorded]" in capsys.readouterr().out
+    text = (html_report / "report.html").read_text()
+    assert "Minimal reproducers" in text and "Minimal reproducers" in (html_report / "summary.md").read_text()
+
+
+def test_shrinking_can_be_turned_off(tmp_path):
+    args = ["audit", "--impl", "naive", "--dtype", "float32", "--regime", "huge", "--examples", "3",
+            "--max-classes", "64", "--quiet", "--shrink-seconds", "0", "--out", str(tmp_path)]  # fmt: skip
+    assert main(args) == 0
+    assert not (tmp_path / "reproducers.csv").exists()
+    assert json.loads((tmp_path / "manifest.json").read_text())["shrink_seconds"] == 0
 
 
 def test_html_escapes_hostile_names(html_report):
@@ -91,7 +128,7 @@ def test_demo_command_writes_its_page(tmp_path, capsys):
 def test_precision_audit_tables(tmp_path):
     args = ["audit", "--precision", "--dtype", "float16", "--dtype", "bfloat16", "--dtype", "float32",
             "--examples", "8", "--max-classes", "64", "--regime", "moderate", "--regime", "ties", "--quiet",
-            "--out", str(tmp_path)]  # fmt: skip
+            "--shrink-seconds", "0", "--out", str(tmp_path)]  # fmt: skip
     assert main(args) == 0
     table = pd.read_csv(tmp_path / "precision.csv")
     assert list(table.columns) == PRECISION_COLUMNS

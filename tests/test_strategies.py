@@ -24,8 +24,25 @@ def test_every_regime_is_reachable_in_every_dtype(regime, dtype):
     assert seen
     for case in seen:
         assert case.regime == regime and case.dtype == FORMATS[dtype].dtype
-        assert case.targets.dtype == torch.int64 and case.logits.ndim == 2
+        assert case.targets.dtype == torch.int64
+        assert case.logits.ndim == (case.targets.ndim + 1) and (case.logits.ndim == 2) == (regime != "layout")
         assert ((case.targets >= 0) & (case.targets < case.n_classes)).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(cases(regimes=["layout"], max_classes=16))
+def test_layout_cases_put_the_class_dimension_second(case):
+    n, _classes, *extra = case.logits.shape
+    assert 1 <= len(extra) <= 2 and case.targets.shape == (n, *extra)
+    assert case.logits.is_contiguous()
+    # row i of row_logits is the class vector at the i-th target position, row-major
+    positions = list(torch.cartesian_prod(*(torch.arange(k) for k in (n, *extra))).reshape(-1, 1 + len(extra)))
+    for i, position in enumerate(positions):
+        index = tuple(int(p) for p in position)
+        expected = case.logits[(index[0], slice(None), *index[1:])]
+        assert torch.equal(case.row_logits[i].view(case.format.int_dtype), expected.view(case.format.int_dtype))
+        assert int(case.row_targets[i]) == int(case.targets[index])
+    assert case.n_samples == case.row_logits.shape[0]
 
 
 @settings(max_examples=50)
@@ -33,6 +50,7 @@ def test_every_regime_is_reachable_in_every_dtype(regime, dtype):
 def test_case_round_trips_exactly(case):
     again = Case.from_json(case.to_json())
     assert again.case_id == case.case_id and again.regime == case.regime
+    assert again.logits.shape == case.logits.shape and torch.equal(again.targets, case.targets)
     assert torch.equal(again.logits.view(case.format.int_dtype), case.logits.view(case.format.int_dtype))
 
 

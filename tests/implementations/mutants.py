@@ -89,6 +89,15 @@ def rounded_lse_then_subtract(logits, targets):
     return lse - logits[torch.arange(logits.shape[0]), targets]
 
 
+def flatten_ignoring_layout(logits, targets):
+    """(N, C, d1, ...) reshaped straight to (-1, C), mixing classes with positions (right for 2-D only)."""
+    rows = logits.reshape(-1, logits.shape[1])  # the class dimension must be moved last first
+    return F.cross_entropy(rows, targets.reshape(-1), reduction="none").reshape(targets.shape)
+
+
+flatten_ignoring_layout.k_dimensional = True
+
+
 # name → the dtypes where the bug bites (check must flag it there)
 BUG_CLASSES = {
     "no_max_shift": ("float16", "bfloat16", "float32", "float64"),
@@ -103,4 +112,5 @@ BUG_CLASSES = {
     "silent_bfloat16": ("float16", "float32", "float64"),
     "finite_mask_sentinel": ("float16", "bfloat16", "float32", "float64"),
     "rounded_lse_then_subtract": ("float16", "bfloat16", "float32", "float64"),
+    "flatten_ignoring_layout": ("float16", "bfloat16", "float32", "float64"),  # layout regime only
 }

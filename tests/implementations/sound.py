@@ -8,6 +8,9 @@ def torch_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, targets, reduction="none")
 
 
+torch_ce.k_dimensional = True  # (N, C, d1, ...) logits too: the layout regime runs on it
+
+
 def upcast_float32(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """float16/bfloat16 computed in float32, rounded once at the end."""
     if logits.dtype in (torch.float16, torch.bfloat16):
