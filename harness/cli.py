@@ -12,14 +12,17 @@ Exit codes (README "When things go wrong"):
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import dataclasses
+import io
+import multiprocessing
 import platform
 import shlex
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import hypothesis
@@ -165,7 +168,7 @@ def _parser() -> argparse.ArgumentParser:
         "--workers",
         type=_positive,
         default=1,
-        help="run the audit as this many shard processes in parallel, then merge (default 1)",
+        help="spread the (dtype, regime) cells over a pool of this many processes, then merge (default 1)",
     )
     audit.add_argument("--shrink-seconds", type=_non_negative_float, default=DEFAULT_AUDIT_SHRINK_SECONDS,
                        metavar="SECONDS", help="time for shrinking minimal reproducers of the failures "
@@ -336,7 +339,7 @@ def _audit(args: argparse.Namespace, argv: Sequence[str]) -> int:
     regimes = _regimes(args, settings["max_classes"], implementations)
     _check_writable(args.out)
     if args.workers > 1:
-        return _audit_with_workers(args, argv)
+        return _audit_with_workers(args, argv, settings, regimes, implementations)
     extra = {
         "shard": list(args.shard),
         "precision": args.precision,
@@ -383,26 +386,65 @@ def _audit(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return EXIT_TOOL_ERROR if found.errors else EXIT_OK
 
 
-def _audit_with_workers(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    """Run the audit as N shard processes in parallel, then merge them into --out."""
-    import subprocess
+def _audit_cell(argv: list[str]) -> int:
+    """One pool task: a one-cell audit (``--shard i/M``) in this worker process, output silenced."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return main(argv)
 
-    workers = args.workers
-    rest = [a for a in argv if a not in ("--quiet",)]
-    rest = _without_option(_without_option(_without_option(rest, "--workers"), "--out"), "--shard")
-    shard_dirs = [args.out / "shards" / f"{k}-of-{workers}" for k in range(1, workers + 1)]
-    commands = [
-        [sys.executable, "-m", "harness", *rest, "--quiet", "--shard", f"{k}/{workers}", "--out", str(folder)]
-        for k, folder in enumerate(shard_dirs, 1)
-    ]
-    processes = [subprocess.Popen(command, stdout=subprocess.DEVNULL) for command in commands]
+
+def _cell_cost(cell: tuple[str, str]) -> int:
+    """A rough rank of a cell's cost, so the pool starts the slowest cells first."""
+    dtype, regime = cell
+    return (regime == "large_vocab") * 2 + (dtype == "float64")
+
+
+def _audit_with_workers(args, argv, settings: dict, regimes: list[str], implementations) -> int:
+    """Spread the audit's (dtype, regime) cells over a pool of N processes, then merge them into --out.
+
+    Each cell is one task, handed to whichever process is free, costliest first, so one slow
+    cell (float64 at vocabulary sizes) holds up one process, not a fixed shard of cells.
+    Minimal reproducers are shrunk once, after the merge, as in a single run.
+    """
+    if args.resume:
+        raise UsageError("--workers cannot resume a run; resume it without --workers")
+    cells = [(f.name, r) for f in settings["formats"] for r in regimes]
+    mine = list(range(len(cells)))[args.shard[0] - 1 :: args.shard[1]]  # this shard's cells, if sharded
+    rest = [a for a in argv if a != "--quiet"]
+    for option in ("--workers", "--out", "--shard", "--shrink-seconds"):
+        rest = _without_option(rest, option)
+    folders = {i: args.out / "cells" / f"{i + 1}-of-{len(cells)}" for i in mine}
+    tasks = sorted(mine, key=lambda i: -_cell_cost(cells[i]))
+    codes: list[int] = []
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch's threads
+    pool = concurrent.futures.ProcessPoolExecutor(max_workers=args.workers, mp_context=context)
     try:
-        codes = [p.wait() for p in processes]
+        common = [*rest, "--quiet", "--shrink-seconds", "0"]
+        futures = [
+            pool.submit(_audit_cell, [*common, "--shard", f"{i + 1}/{len(cells)}", "--out", str(folders[i])])
+            for i in tasks
+        ]
+        codes = [future.result() for future in futures]
     except KeyboardInterrupt:
-        for p in processes:
-            p.terminate()
-        codes = [p.wait() for p in processes]
-    merged = _merge_reports(shard_dirs, args.out, args.quiet)
+        codes = [EXIT_INTERRUPTED]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # a running cell finishes or writes its partial report
+    finished = [folders[i] for i in mine if (folders[i] / "manifest.json").is_file()]
+    if not finished:
+        print("harness: interrupted before any cell finished; nothing to merge", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+    def shrink(records: pd.DataFrame) -> Reproducers | None:
+        if args.shrink_seconds <= 0 or EXIT_INTERRUPTED in codes:
+            return None
+        return shrink_failures(
+            records, implementations, profile=settings["profile"], seed=args.seed, examples=settings["examples"],
+            max_classes=settings["max_classes"], policy=Policy(max_ulps=args.max_ulps),
+            caller=Caller(timeout=args.timeout), seconds=args.shrink_seconds,
+        )  # fmt: skip
+
+    merged = _merge_reports(
+        finished, args.out, args.quiet, cells=[cells[i] for i in mine], shrink=shrink, shard=args.shard
+    )
     return max([merged, *codes], key=lambda code: (code != 0, code))
 
 
@@ -422,8 +464,21 @@ _SAME_IN_EVERY_SHARD = ("seed", "examples", "max_classes", "profile", "dtypes", 
                         "precision")  # fmt: skip
 
 
-def _merge_reports(folders: Sequence[Path], out: Path, quiet: bool) -> int:
-    """Concatenate shard records in the single run's cell order, dropping repeated cases."""
+def _merge_reports(
+    folders: Sequence[Path],
+    out: Path,
+    quiet: bool,
+    cells: Sequence[tuple[str, str]] | None = None,
+    shrink: Callable[[pd.DataFrame], Reproducers | None] | None = None,
+    shard: tuple[int, int] | None = None,
+) -> int:
+    """Concatenate shard records in the single run's cell order, dropping repeated cases.
+
+    ``cells``: the (dtype, regime) cells the merge must cover to be complete (default all
+    of the campaign's). ``shrink``: computes the reproducers from the merged records
+    (--workers); by default the shards' own reproducers are combined. ``shard``: the
+    campaign shard the merged folder stands for (--workers with --shard).
+    """
     try:
         manifests = [load_manifest(f) for f in folders]
         records = [load_records(f) for f in folders]
@@ -447,7 +502,8 @@ def _merge_reports(folders: Sequence[Path], out: Path, quiet: bool) -> int:
     combined["output_bits"] = combined["output_bits"].astype(object).fillna("")
     combined["message"] = combined["message"].astype(object).fillna("")
     covered = sorted({tuple(c) for m in manifests for c in m.get("completed_cells", [])}, key=order.get)
-    complete = all(m["status"] == "complete" for m in manifests) and len(covered) == len(order)
+    expected = set(order) if cells is None else {tuple(c) for c in cells}
+    complete = all(m["status"] == "complete" for m in manifests) and expected <= set(covered)
     summary = summarize(combined)
     keep = set(summary["worst_case"]) | set(combined.loc[combined["outcome"].ne("exact"), "case_id"])
     manifest = {
@@ -463,8 +519,14 @@ def _merge_reports(folders: Sequence[Path], out: Path, quiet: bool) -> int:
         "tool_errors": [e for m in manifests for e in m.get("tool_errors", [])],
         "oracle_self_checked": sum(m.get("oracle_self_checked", 0) for m in manifests),
         "versions": first.get("versions", {}),
+        **({"shard": list(shard)} if shard else {}),
     }
-    reproducers = _merged_reproducers([load_reproducers(f) for f in folders])
+    if shrink is None:
+        reproducers = _merged_reproducers([load_reproducers(f) for f in folders])
+    else:
+        shrunk = shrink(combined)
+        reproducers = shrunk.table if shrunk is not None else None
+        stored.update(shrunk.cases if shrunk is not None else {})
     if reproducers is not None:
         keep |= set(reproducers["reproducer"].dropna())
     markdown = render_summary(headline(combined), summary, manifest, reproducers, str(out))

@@ -1,6 +1,6 @@
 """Does targeted search find larger errors than plain generation on the same budget?
 
-    python scripts/targeting.py --seeds 3 --examples 50
+    python scripts/targeting.py --seeds 3 --examples 60 [--dtype D]... [--impl IMPL]...
 
 For each seed, every implementation below runs over the same (dtype, regime) cells twice
 with the same per-cell seeds: once with Hypothesis's target phase climbing
@@ -49,15 +49,18 @@ def worst_per_cell(records: pd.DataFrame) -> pd.DataFrame:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--examples", type=int, default=50)
+    parser.add_argument("--examples", type=int, default=60)
+    parser.add_argument("--dtype", action="append", choices=list(FORMATS), help="dtypes (default all four)")
+    parser.add_argument("--impl", action="append", help="IMPL specs (default: the list at the top of this file)")
     args = parser.parse_args()
-    implementations = [load_implementation(s) for s in SPECS]
+    implementations = [load_implementation(s) for s in args.impl or SPECS]
+    formats = [FORMATS[d] for d in args.dtype or FORMATS]
     regimes = [r for r in REGIMES if r not in ("large_vocab", "layout")]  # the row regimes; large rows cost most
     runs = []
     for seed in range(args.seeds):
         for targeted in (True, False):
             found = search(
-                list(FORMATS.values()), regimes, implementations, profile=resolve_profile("dev"), seed=seed,
+                formats, regimes, implementations, profile=resolve_profile("dev"), seed=seed,
                 examples=args.examples, targeted=targeted, progress=False, self_check=0,
             )  # fmt: skip
             worst = worst_per_cell(pd.DataFrame(found.records)).assign(seed=seed, targeted=targeted)

@@ -53,6 +53,22 @@ def test_workers_run_shards_in_parallel_and_merge(single, tmp_path):
     pd.testing.assert_frame_equal(_records(single), _records(tmp_path))
 
 
+def test_workers_within_a_shard_then_merge_across_shards(single, tmp_path):
+    # one machine runs shard 1 with a pool of two processes, another runs shard 2 plainly
+    assert main(["audit", *SMALL, "--shard", "1/2", "--workers", "2", "--out", str(tmp_path / "a")]) == 0
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["shard"] == [1, 2]
+    assert main(["audit", *SMALL, "--shard", "2/2", "--out", str(tmp_path / "b")]) == 0
+    assert main(["merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "m"), "--quiet"]) == 0
+    pd.testing.assert_frame_equal(_records(single), _records(tmp_path / "m"))
+
+
+def test_workers_cannot_resume(tmp_path, capsys):
+    assert main(["audit", *SMALL, "--out", str(tmp_path)]) == 0
+    assert main(["audit", "--resume", str(tmp_path), "--workers", "2"]) == 2
+    assert "--workers cannot resume" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("bad", ["0/2", "3/2", "x", "1-2"])
 def test_bad_shard_specs(bad, capsys):
     assert main(["audit", "--shard", bad]) == 2
