@@ -17,8 +17,8 @@ Why the enclosure is rigorous:
 - the weighted terms are summed by MPFR's exact-then-rounded sum, down and up;
 - terms with x_j - m < -0.71 K (so exp < 2**-K) are not evaluated but bounded by
   2**-K each and added to the upper end;
-- log1p is bracketed by directed-rounding logs widened by an ulp, or, for tiny s, by
-  s - s**2/2 <= log1p(s) <= s.
+- log1p(s) is bracketed by MPFR's log1p rounded down at s_lo and up at s_hi, and
+  m - x_t is added exactly by mpmath with directed rounding.
 
 Special values (documented in README.md):
 - NaN anywhere in the row, or +inf at the target: NaN;
@@ -30,6 +30,7 @@ Special values (documented in README.md):
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -70,14 +71,29 @@ class _Enclosure:
 
 def _special(row: np.ndarray, target: int) -> float | None:
     """The loss when the row has NaN or infinities that decide it, else None."""
-    xt = float(row[target])
-    if np.isnan(row).any() or xt == math.inf:
+    top = row.max()  # NaN when any entry is NaN: one pass decides every case below
+    xt = row[target]
+    if top != top or xt == math.inf:
         return math.nan
-    if np.isposinf(row).any():
+    if top == math.inf:
         return math.inf
     if xt == -math.inf:
-        return math.inf if (row != -np.inf).any() else math.nan
+        return math.nan if top == -math.inf else math.inf
     return None
+
+
+def _distinct(row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The row's distinct values other than -inf, ascending, and how often each occurs.
+
+    Rows repeat values (flat backgrounds; a 16-bit format has at most 65,536 values), so
+    each distinct value is exponentiated once and weighted by its count.
+    """
+    if len(row) > SHORT_ROW:
+        return np.unique(row[row != -np.inf], return_counts=True)
+    counts = Counter(row.tolist())  # np.unique's fixed cost dominates short rows
+    counts.pop(-math.inf, None)
+    values = sorted(counts)
+    return np.array(values, dtype=np.float64), np.array([counts[v] for v in values], dtype=np.int64)
 
 
 def _round_mpf(x: tuple, fmt: Format, *, sticky: bool = False) -> float:
@@ -87,30 +103,18 @@ def _round_mpf(x: tuple, fmt: Format, *, sticky: bool = False) -> float:
     return round_scaled(man, exp, fmt, sticky=sticky)
 
 
-def _widen(x: tuple, down: int, up: int) -> tuple[tuple, tuple]:
-    """Bracket a positive mpf by moving its last bit `down` and `up` units."""
-    _, man, exp, _ = x
-    return mp.from_man_exp(max(man - down, 0), exp), mp.from_man_exp(man + up, exp)
-
-
-def _log1p_bounds(s_lo: tuple, s_hi: tuple, prec: int) -> tuple[tuple, tuple]:
-    if s_hi == mp.fzero:
-        return mp.fzero, mp.fzero
-    if mp.mpf_lt(s_hi, mp.from_man_exp(1, -prec)):
-        # s - s^2/2 <= log1p(s) <= s for s >= 0
-        half_sq = mp.mpf_mul(mp.mpf_mul(s_lo, s_lo, prec, mp.round_ceiling), mp.from_man_exp(1, -1))
-        return mp.mpf_sub(s_lo, half_sq, prec, mp.round_floor), s_hi
-    magnitude = s_lo[2] + s_lo[3] if s_lo != mp.fzero else -prec
-    work = prec + max(0, -magnitude) + 10
-    t_lo = mp.mpf_add(mp.fone, s_lo, work, mp.round_floor)
-    t_hi = mp.mpf_add(mp.fone, s_hi, work, mp.round_ceiling)
-    lo = _widen(mp.mpf_log(t_lo, work, mp.round_floor), 1, 1)[0] if t_lo != mp.fone else mp.fzero
-    hi = _widen(mp.mpf_log(t_hi, work, mp.round_ceiling), 1, 1)[1]
-    return (lo if not lo[0] else mp.fzero), hi
+def _log1p_bounds(s_lo: gmpy2.mpfr, s_hi: gmpy2.mpfr, prec: int) -> tuple[tuple, tuple]:
+    """[log1p(s_lo) rounded down, log1p(s_hi) rounded up], by MPFR (correctly rounded), as mpf."""
+    with gmpy2.context(precision=prec, round=gmpy2.RoundDown):
+        lo = gmpy2.log1p(s_lo)
+    with gmpy2.context(precision=prec, round=gmpy2.RoundUp):
+        hi = gmpy2.log1p(s_hi)
+    return _to_mpf(lo), _to_mpf(hi)
 
 
 # |x| up to this keeps exp(x) far inside MPFR's exponent range (about 2**30 bits).
 DIRECT_LIMIT = 2.0**16
+SHORT_ROW = 256  # rows up to this long are deduplicated in plain Python
 
 
 def _weighted_sum_bounds(exps: list, counts: list[int], prec: int) -> tuple:
@@ -185,13 +189,11 @@ def _to_mpf(x: gmpy2.mpfr) -> tuple:
 
 def _enclose(row: np.ndarray, target: int, fmt: Format, prec: int) -> _Enclosure:
     """Rigorous enclosure of the loss of a row with no +inf/NaN and a finite target."""
-    finite = row[row != -np.inf]
-    top = float(finite.max())
+    values, counts = _distinct(row)
+    top = float(values[-1])
     m = mp.from_float(top)
     a = mp.mpf_sub(m, mp.from_float(float(row[target])), 0)  # exact (prec 0)
-    # Rows repeat values (flat backgrounds; a 16-bit format has at most 65,536 values),
-    # so each distinct value is exponentiated once and weighted by its count.
-    values, counts = np.unique(finite, return_counts=True)
+    n_finite = int(counts.sum())
     counts[-1] -= 1  # the maximum's own term is the 1 in log1p
     if not counts[-1]:
         values, counts = values[:-1], counts[:-1]
@@ -203,7 +205,7 @@ def _enclose(row: np.ndarray, target: int, fmt: Format, prec: int) -> _Enclosure
     # on this choice, only whether the enclosure is tight enough to decide.
     a_mag = a[2] + a[3] if a != mp.fzero else -math.inf
     loss_mag = max(a_mag, min(largest * _LOG2E, 0.0) - 1.0, fmt.quantum_exponent - 2)
-    k_bits = max(int(prec + math.log2(len(finite)) + 4 - loss_mag), 16)
+    k_bits = max(int(prec + math.log2(n_finite) + 4 - loss_mag), 16)
     cutoff = -0.71 * k_bits  # exp(d) < 2**-k_bits below it
     with np.errstate(over="ignore"):
         # d is within a relative 2**-53 of x - m: far inside the cutoff's 2.4% margin.
@@ -213,7 +215,7 @@ def _enclose(row: np.ndarray, target: int, fmt: Format, prec: int) -> _Enclosure
     if n_cut:  # each skipped term is below 2**-k_bits
         with gmpy2.context(precision=prec + 64, round=gmpy2.RoundUp):
             s_hi += gmpy2.mul_2exp(gmpy2.mpfr(n_cut), -k_bits)
-    l_lo, l_hi = _log1p_bounds(_to_mpf(s_lo), _to_mpf(s_hi), prec)
+    l_lo, l_hi = _log1p_bounds(s_lo, s_hi, prec)
     lo = mp.mpf_add(a, l_lo, prec, mp.round_floor)
     hi = mp.mpf_add(a, l_hi, prec, mp.round_ceiling)
     # Some finite term is always present here, so the loss is strictly above a.

@@ -48,24 +48,20 @@ def test_mismatched_shards_are_refused(tmp_path, capsys):
     assert "seed" in capsys.readouterr().err
 
 
-def test_workers_run_shards_in_parallel_and_merge(single, tmp_path):
-    assert main(["audit", *SMALL, "--workers", "2", "--out", str(tmp_path)]) == 0
-    pd.testing.assert_frame_equal(_records(single), _records(tmp_path))
-
-
 def test_workers_within_a_shard_then_merge_across_shards(single, tmp_path):
     # one machine runs shard 1 with a pool of two processes, another runs shard 2 plainly
     assert main(["audit", *SMALL, "--shard", "1/2", "--workers", "2", "--out", str(tmp_path / "a")]) == 0
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["shard"] == [1, 2]
+    # one task per cell of the shard, each in its own folder, merged into the shard's report
+    assert len(list((tmp_path / "a" / "cells").iterdir())) == len(manifest["completed_cells"]) > 1
     assert main(["audit", *SMALL, "--shard", "2/2", "--out", str(tmp_path / "b")]) == 0
     assert main(["merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "m"), "--quiet"]) == 0
     pd.testing.assert_frame_equal(_records(single), _records(tmp_path / "m"))
 
 
-def test_workers_cannot_resume(tmp_path, capsys):
-    assert main(["audit", *SMALL, "--out", str(tmp_path)]) == 0
-    assert main(["audit", "--resume", str(tmp_path), "--workers", "2"]) == 2
+def test_workers_cannot_resume(single, capsys):
+    assert main(["audit", "--resume", str(single), "--workers", "2"]) == 2  # refused before any work
     assert "--workers cannot resume" in capsys.readouterr().err
 
 

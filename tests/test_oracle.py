@@ -206,7 +206,7 @@ def _same(a: float, b: float) -> bool:
 
 
 @settings(max_examples=2000, deadline=None)
-@given(cases(dtype=["float16", "bfloat16", "float32"], max_classes=64))
+@given(cases(dtype=["float16", "bfloat16", "float32"], max_classes=24))
 def test_fast_tier_agrees_with_mpmath_only(case):
     tiered = oracle.evaluate(case.row_logits, case.row_targets)
     mpmath_only = oracle.evaluate(case.row_logits, case.row_targets, tiers=("mpmath",))
