@@ -51,8 +51,16 @@ from harness.verdicts import Policy
 from reports.demo import curves_png, render_demo
 from reports.markdown import render_summary
 from reports.precision import findings, precision_table
-from reports.stats import headline, summarize
-from reports.store import atomic_write, load_cases, load_manifest, load_records, load_reproducers, write_report
+from reports.stats import headline, summarize, worst_cases
+from reports.store import (
+    atomic_write,
+    load_cases,
+    load_manifest,
+    load_records,
+    load_reproducers,
+    write_checkpoint,
+    write_report,
+)
 from strategies import REGIMES
 
 __all__ = ["main"]
@@ -268,10 +276,12 @@ def _write(
     extra: dict,
     status: str,
     reproducers: Reproducers | None = None,
-) -> pd.DataFrame:
-
-    summary = summarize(records)
-    keep = stored_ids | set(summary["worst_case"]) | set(records.loc[records["outcome"].ne("exact"), "case_id"])
+    checkpoint: bool = False,
+) -> pd.DataFrame | None:
+    """Write the report folder; a checkpoint writes only what --resume needs (records, cases, manifest)."""
+    summary = None if checkpoint else summarize(records)
+    worst = set(worst_cases(records)["case_id"]) if checkpoint else set(summary["worst_case"])
+    keep = stored_ids | worst | set(records.loc[records["outcome"].ne("exact"), "case_id"])
     manifest = {
         "command": shlex.join(["python", "-m", "harness", *argv]),
         "seed": args.seed,
@@ -289,10 +299,13 @@ def _write(
         **extra,
     }
     table = reproducers.table if reproducers is not None else None
-    markdown = render_summary(headline(records), summary, manifest, table, str(args.out))
     stored = [c for i, c in found.cases.items() if i in keep]
     if reproducers is not None:
         stored += [c for i, c in reproducers.cases.items() if i not in found.cases or i not in keep]
+    if checkpoint:
+        write_checkpoint(args.out, records, stored, manifest)
+        return None
+    markdown = render_summary(headline(records), summary, manifest, table, str(args.out))
     write_report(args.out, records, summary, markdown, stored, manifest, with_html=status == "complete",
                  reproducers=table)  # fmt: skip
     return summary
@@ -353,7 +366,7 @@ def _audit(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return pd.DataFrame(found.records, columns=list(RECORD_COLUMNS))
 
     def checkpoint(found) -> None:
-        _write(args, argv, frame(found), set(), found, extra, status="partial")
+        _write(args, argv, frame(found), set(), found, extra, status="partial", checkpoint=True)
 
     found = search(
         settings["formats"], regimes, implementations, profile=settings["profile"], seed=args.seed,
@@ -364,7 +377,8 @@ def _audit(args: argparse.Namespace, argv: Sequence[str]) -> int:
     records = frame(found)
     reproducers = None
     if not found.interrupted and args.shrink_seconds > 0:
-        _write(args, argv, records, set(), found, extra, status="partial")  # nothing lost if shrinking is cut short
+        # nothing lost if shrinking is cut short
+        _write(args, argv, records, set(), found, extra, status="partial", checkpoint=True)
         reproducers = shrink_failures(
             records, implementations, profile=settings["profile"], seed=args.seed, examples=settings["examples"],
             max_classes=settings["max_classes"], policy=Policy(max_ulps=args.max_ulps),

@@ -23,7 +23,7 @@ from harness.profiles import Profile
 from harness.registry import Implementation
 from harness.search import CELL_SHRINK_SECONDS, search
 from harness.verdicts import Policy
-from strategies import Case
+from strategies import Case, anchor_cases
 
 __all__ = ["REPRODUCER_COLUMNS", "Reproducers", "shrink_failures"]
 
@@ -92,8 +92,11 @@ def shrink_failures(
             if found.counterexamples:
                 cx = found.counterexamples[0]
                 cases[cx.case.case_id] = cx.case
+                anchors = {c.case_id for c in anchor_cases(worst["dtype"], worst["regime"], max_classes)}
+                # Hypothesis does not shrink explicit examples: an anchor case comes back as it is
+                status = "anchor case, kept as it is" if cx.case.case_id in anchors else "shrunk"
                 row.update(
-                    status="shrunk", reproducer=cx.case.case_id, shape=str(tuple(cx.case.logits.shape)),
+                    status=status, reproducer=cx.case.case_id, shape=str(tuple(cx.case.logits.shape)),
                     targets=str(cx.case.targets.tolist()), output=cx.record["output"],
                     output_bits=cx.record["output_bits"], oracle=cx.record["oracle"], ulps=cx.record["ulps"],
                     allowance_ratio=cx.record["allowance_ratio"],

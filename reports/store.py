@@ -13,7 +13,15 @@ import pandas as pd
 from reports.html import render_html
 from strategies import Case
 
-__all__ = ["atomic_write", "load_cases", "load_manifest", "load_records", "load_reproducers", "write_report"]
+__all__ = [
+    "atomic_write",
+    "load_cases",
+    "load_manifest",
+    "load_records",
+    "load_reproducers",
+    "write_checkpoint",
+    "write_report",
+]
 
 MANIFEST = "manifest.json"
 RECORDS_CSV = "records.csv"
@@ -76,6 +84,20 @@ def write_report(
         atomic_write(out / REPRODUCERS_CSV, reproducers.to_csv(index=False))
     if with_html and len(records):  # checkpoints skip the plots: they cost a second or two
         atomic_write(out / REPORT_HTML, render_html(records, summary, manifest, str(out), reproducers))
+    atomic_write(out / CASES, "".join(json.dumps(c.to_json()) + "\n" for c in cases))
+    atomic_write(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def write_checkpoint(out: Path, records: pd.DataFrame, cases: Iterable[Case], manifest: dict) -> None:
+    """What --resume needs after every cell: records, stored cases, the (partial) manifest.
+
+    Summaries are left to the end of the run (they cost more than the checkpoint); files
+    of an earlier run in the folder are removed, so none outlives the records it described.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in (RECORDS_PARQUET, SUMMARY_CSV, SUMMARY_MD, REPORT_HTML, REPRODUCERS_CSV):
+        (out / stale).unlink(missing_ok=True)
+    atomic_write(out / RECORDS_CSV, records.to_csv(index=False))
     atomic_write(out / CASES, "".join(json.dumps(c.to_json()) + "\n" for c in cases))
     atomic_write(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 

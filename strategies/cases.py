@@ -21,6 +21,7 @@ __all__ = ["Case", "batch_shapes", "cases", "class_counts"]
 
 SMALL_CLASS_LIMIT = 64
 LAYOUT_MAX_EXTENT = 3  # each extra dimension of a layout case
+LAYOUT_CLASS_LIMIT = 16
 MID_VOCABULARIES = (1_024, 4_096)
 
 
@@ -100,7 +101,7 @@ class Case:
 
 
 def class_counts(regime: str, max_classes: int) -> st.SearchStrategy[int]:
-    """Class counts a regime is drawn at: small for most, vocabulary sizes for large_vocab."""
+    """Class counts a regime is drawn at: small for most (at most 16 for layout), vocabulary sizes for large_vocab."""
     if regime == "large_vocab":
         mid = [c for c in MID_VOCABULARIES if c <= max_classes]
         big = [c for c in LARGE_VOCABULARIES if c <= max_classes]
@@ -110,6 +111,8 @@ def class_counts(regime: str, max_classes: int) -> st.SearchStrategy[int]:
             return st.sampled_from(mid)
         # real vocabulary sizes one time in four: they dominate the oracle's cost
         return st.integers(0, 3).flatmap(lambda pick: st.sampled_from(big if pick == 3 else mid))
+    if regime == "layout":  # the layout is the point; every position's row is drawn value by value
+        return st.integers(2, min(LAYOUT_CLASS_LIMIT, max_classes))
     return st.integers(2, min(SMALL_CLASS_LIMIT, max_classes))
 
 
