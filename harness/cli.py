@@ -299,9 +299,10 @@ def _write(
         **extra,
     }
     table = reproducers.table if reproducers is not None else None
-    stored = [c for i, c in found.cases.items() if i in keep]
+    kept = {i: c for i, c in found.cases.items() if i in keep}
     if reproducers is not None:
-        stored += [c for i, c in reproducers.cases.items() if i not in found.cases or i not in keep]
+        kept.update(reproducers.cases)
+    stored = list(kept.values())
     if checkpoint:
         write_checkpoint(args.out, records, stored, manifest)
         return None
@@ -539,8 +540,10 @@ def _merge_reports(
         reproducers = _merged_reproducers([load_reproducers(f) for f in folders])
     else:
         shrunk = shrink(combined)
-        reproducers = shrunk.table if shrunk is not None else None
-        stored.update(shrunk.cases if shrunk is not None else {})
+        reproducers = None
+        if shrunk is not None:
+            reproducers = shrunk.table
+            stored.update(shrunk.cases)
     if reproducers is not None:
         keep |= set(reproducers["reproducer"].dropna())
     markdown = render_summary(headline(combined), summary, manifest, reproducers, str(out))
