@@ -17,8 +17,8 @@ _LAZY = {
     "check": "harness.api",
     "assert_stable": "harness.api",
     "CheckResult": "harness.api",
-    "REGISTRY": "harness.loading",
-    "Implementation": "harness.registry",
+    "REGISTRY": "harness.calling.loading",
+    "Implementation": "harness.calling.registry",
 }
 
 

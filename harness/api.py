@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
-from harness.calling import DEFAULT_TIMEOUT, Caller
+from harness.calling.caller import DEFAULT_TIMEOUT, Caller
+from harness.calling.loading import load_implementation
+from harness.calling.registry import REGISTRY, Implementation
 from harness.formats import FORMATS, Format, parse_dtype
-from harness.loading import load_implementation
+from harness.grading.verdicts import VERDICTS, Policy
 from harness.profiles import resolve_profile
-from harness.registry import REGISTRY, Implementation
 from harness.runner import RECORD_COLUMNS
 from harness.search import Counterexample, SearchResult, search
-from harness.verdicts import VERDICTS, Policy
 from strategies import REGIMES
 
 __all__ = ["CheckResult", "assert_stable", "check", "describe_counterexample"]

@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from harness import oracle
+from harness.calling.implementations import naive, stable, torch_cross_entropy
+from harness.calling.registry import REGISTRY
 from harness.formats import FORMATS
-from harness.implementations import naive, stable, torch_cross_entropy
-from harness.registry import REGISTRY
 from harness.runner import run_case
 from strategies import Case
 
@@ -65,7 +65,8 @@ def _peak_memory_mib(rows: int, classes: int) -> float:
     """Peak resident memory of a fresh process that audits one (rows, classes) float32 case."""
     code = (
         "import resource, torch\n"
-        "from harness.registry import REGISTRY\nfrom harness.runner import run_case\nfrom strategies import Case\n"
+        "from harness.calling.registry import REGISTRY\nfrom harness.runner import run_case\n"
+        "from strategies import Case\n"
         f"x = (torch.randn({rows}, {classes}, generator=torch.Generator().manual_seed(0)) * 3)\n"
         f"run_case(Case(x, torch.arange({rows}) * 7, 'large_vocab'), list(REGISTRY))\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"

@@ -36,18 +36,18 @@ import torch
 from harness import baseline as baselines
 from harness.api import check, check_device
 from harness.bench import run_bench
-from harness.calling import DEFAULT_TIMEOUT, Caller
+from harness.calling.caller import DEFAULT_TIMEOUT, Caller
+from harness.calling.implementations import PRECISION
+from harness.calling.loading import LoadError, load_implementation
+from harness.calling.registry import REGISTRY, Implementation
 from harness.demo import dominant_case, find_thresholds, loss_curves
 from harness.formats import FORMATS, Format, parse_dtype
-from harness.implementations import PRECISION
-from harness.loading import LoadError, load_implementation
+from harness.grading.verdicts import Policy
 from harness.profiles import PROFILES, resolve_profile
-from harness.registry import REGISTRY, Implementation
 from harness.replay import replay_case
 from harness.runner import RECORD_COLUMNS
 from harness.search import search
 from harness.shrinking import Reproducers, shrink_failures
-from harness.verdicts import Policy
 from reports.demo import curves_png, render_demo
 from reports.markdown import render_summary
 from reports.precision import findings, precision_table

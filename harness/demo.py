@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from harness import oracle
+from harness.calling.implementations import naive, stable, torch_cross_entropy
 from harness.formats import FORMATS, Format, ulp_distance
-from harness.implementations import naive, stable, torch_cross_entropy
 
 __all__ = ["Threshold", "dominant_case", "find_thresholds", "loss_curves"]
 

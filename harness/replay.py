@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from harness import oracle
+from harness.calling.loading import load_implementation
 from harness.formats import bit_pattern
-from harness.loading import load_implementation
 from harness.runner import run_case
 from reports.store import load_cases, load_manifest, load_records, load_reproducers
 

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 from harness import oracle
-from harness.calling import Caller
-from harness.metrics import measure
-from harness.registry import Implementation
-from harness.verdicts import Policy, allowance
+from harness.calling.caller import Caller
+from harness.calling.registry import Implementation
+from harness.grading.metrics import measure
+from harness.grading.verdicts import Policy, allowance
 from strategies import Case
 
 __all__ = ["RECORD_COLUMNS", "run_case"]

@@ -22,12 +22,12 @@ from hypothesis.internal.conjecture import engine
 from tqdm import tqdm
 
 from harness import oracle
-from harness.calling import Caller
+from harness.calling.caller import Caller
+from harness.calling.registry import Implementation
 from harness.formats import Format
+from harness.grading.verdicts import Policy
 from harness.profiles import Profile
-from harness.registry import Implementation
 from harness.runner import run_case
-from harness.verdicts import Policy
 from strategies import Case, anchor_cases, cases
 
 __all__ = ["Counterexample", "SearchResult", "cell_seed", "search"]

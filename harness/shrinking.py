@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from harness.calling import Caller
+from harness.calling.caller import Caller
+from harness.calling.registry import Implementation
 from harness.formats import FORMATS
+from harness.grading.verdicts import Policy
 from harness.profiles import Profile
-from harness.registry import Implementation
 from harness.search import CELL_SHRINK_SECONDS, search
-from harness.verdicts import Policy
 from strategies import Case, anchor_cases
 
 __all__ = ["REPRODUCER_COLUMNS", "Reproducers", "shrink_failures"]

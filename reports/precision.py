@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from harness.verdicts import SAFETY
+from harness.grading.verdicts import SAFETY
 
 __all__ = ["PRECISION_COLUMNS", "findings", "precision_table"]
 

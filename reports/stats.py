@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from harness.metrics import FAILURE_OUTCOMES, OUTCOMES
-from harness.verdicts import VERDICTS
+from harness.grading.metrics import FAILURE_OUTCOMES, OUTCOMES
+from harness.grading.verdicts import VERDICTS
 
 __all__ = ["GROUP", "headline", "reproducer_table", "summarize", "worst_cases"]
 

@@ -16,8 +16,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from harness.calling.loading import load_implementation
 from harness.formats import FORMATS
-from harness.loading import load_implementation
 from harness.profiles import resolve_profile
 from harness.search import search
 from strategies import REGIMES

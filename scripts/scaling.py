@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.loading import REGISTRY
+from harness.calling.loading import REGISTRY
 from harness.runner import run_case
 from strategies import Case
 

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 import harness
+from harness.calling.loading import load_implementation
 from harness.formats import FORMATS
-from harness.loading import load_implementation
 from harness.profiles import resolve_profile
 from harness.search import search
 from strategies import REGIMES

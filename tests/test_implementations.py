@@ -1,7 +1,7 @@
 import torch
 
-import harness.implementations  # noqa: F401
-from harness.registry import ALL_DTYPES, REGISTRY, Implementation, Registry
+import harness.calling.implementations  # noqa: F401
+from harness.calling.registry import ALL_DTYPES, REGISTRY, Implementation, Registry
 
 SEED_LOGITS = torch.tensor([[2.0, 0.5, 1.0], [0.2, 1.5, 0.3], [1.0, 2.0, 0.1]])
 SEED_TARGETS = torch.tensor([0, 1, 1])

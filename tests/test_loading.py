@@ -1,6 +1,6 @@
 import pytest
 
-from harness.loading import LoadError, load_implementation
+from harness.calling.loading import LoadError, load_implementation
 
 
 def test_builtin_module_and_file_specs(tmp_path):

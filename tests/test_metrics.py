@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from harness.metrics import measure
+from harness.grading.metrics import measure
 from harness.oracle import OracleValue
 
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from harness import oracle
 from harness.formats import FORMATS, round_scaled
+from harness.oracle import mpfr_tier
 from strategies import cases
 
 DTYPES = [f.dtype for f in FORMATS.values()]
@@ -149,8 +150,8 @@ def test_both_exp_sum_routes_enclose_the_reference(xs, prec):
     top = float(values[-1])
     with mpmath.workprec(3000):
         reference = mpmath.fsum(int(c) * mpmath.exp(mpmath.mpf(v) - mpmath.mpf(top)) for v, c in zip(values, counts))
-        for route in (oracle._scaled_exp_sum, oracle._shifted_exp_sum):
-            lo, hi = (mpmath.mpf(oracle._to_mpf(bound)) for bound in route(values, counts, top, prec))
+        for route in (mpfr_tier._scaled_exp_sum, mpfr_tier._shifted_exp_sum):
+            lo, hi = (mpmath.mpf(mpfr_tier._to_mpf(bound)) for bound in route(values, counts, top, prec))
             assert lo <= reference <= hi, route.__name__
             assert hi - lo <= reference * mpmath.mpf(2) ** (4 - prec), route.__name__
 
@@ -176,8 +177,11 @@ def test_mean_of_a_large_batch_matches_reference():
 
 
 def test_uncertified_rows_are_reported_not_dropped(monkeypatch):
-    monkeypatch.setattr(oracle, "MAX_PRECISION", 8)
-    monkeypatch.setattr(oracle, "START_GUARD_BITS", -49)  # 4 bits: far too few for float64
+    from harness.oracle import core
+
+    monkeypatch.setattr(mpfr_tier, "MAX_PRECISION", 8)
+    monkeypatch.setattr(core, "MAX_PRECISION", 8)
+    monkeypatch.setattr(mpfr_tier, "START_GUARD_BITS", -49)  # 4 bits: far too few for float64
     logits = torch.tensor([[0.1, 0.2, 0.3], [1.0, 1.0, 1.0]], dtype=torch.float64)
     values = oracle.evaluate(logits, torch.tensor([0, 0]))
     assert len(values) == 2 and not any(v.certified for v in values)

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import harness
-from harness.calling import Caller
+from harness.calling.caller import Caller
+from harness.calling.loading import load_implementation
 from harness.cli import main
-from harness.loading import load_implementation
 from reports.store import atomic_write
 from strategies import Case
 from tests.implementations import faulty
@@ -114,7 +114,7 @@ def test_atomic_write_never_leaves_a_truncated_file(tmp_path, monkeypatch):
 
 
 def test_oracle_self_check_disagreement_is_a_tool_error(tmp_path, monkeypatch, capsys):
-    import harness.oracle as oracle_module
+    import harness.oracle.core as oracle_module
 
     real = oracle_module.certify_rows
 

@@ -68,8 +68,8 @@ def test_html_parses_with_every_section_and_embedded_images(html_report):
 
 def test_failures_get_shrunk_reproducers_that_replay_bit_for_bit(html_report, capsys):
     """The audit keeps every case; afterwards each failing cell is searched again and shrunk."""
+    from harness.calling.registry import REGISTRY
     from harness.formats import FORMATS as formats
-    from harness.registry import REGISTRY
     from harness.runner import run_case
     from reports.store import load_cases, load_records, load_reproducers
 

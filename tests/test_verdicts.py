@@ -6,7 +6,7 @@ import torch
 
 from harness import oracle
 from harness.formats import FORMATS
-from harness.verdicts import Policy, allowance, judge
+from harness.grading.verdicts import Policy, allowance, judge
 
 FP32 = FORMATS["float32"]
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from harness.calling.registry import Implementation
 from harness.formats import format_of
-from harness.registry import Implementation
 from strategies import Case
 
 __all__ = ["DEFAULT_TIMEOUT", "CallResult", "Caller"]
@@ -30,7 +30,7 @@ DEFAULT_TIMEOUT = 5.0
 @dataclass(frozen=True)
 class CallResult:
     output: torch.Tensor | None  # on the CPU; None when the call failed
-    failure: str | None  # an outcome name from harness.metrics.OUTCOMES, or None
+    failure: str | None  # an outcome name from harness.grading.metrics.OUTCOMES, or None
     message: str
     seconds: float
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from harness.registry import REGISTRY, Registry
+from harness.calling.registry import REGISTRY, Registry
 
 __all__ = ["PRECISION", "naive", "stable", "torch_cross_entropy"]
 

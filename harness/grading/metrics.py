@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from harness.formats import bit_pattern, format_of, ulp_distance
+from harness.grading.verdicts import VERDICTS, Policy, judge
 from harness.oracle import OracleValue
-from harness.verdicts import VERDICTS, Policy, judge
 
 __all__ = ["FAILURE_OUTCOMES", "OUTCOMES", "measure"]
 

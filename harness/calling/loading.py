@@ -11,8 +11,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
-import harness.implementations  # noqa: F401 - declares the built-ins
-from harness.registry import REGISTRY, Implementation
+import harness.calling.implementations  # noqa: F401 - declares the built-ins
+from harness.calling.registry import REGISTRY, Implementation
 
 __all__ = ["LoadError", "load_implementation"]
 

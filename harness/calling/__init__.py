@@ -1,0 +1,1 @@
+"""How implementations are declared, loaded and called: registry, loading, the caller."""

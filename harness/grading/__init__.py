@@ -1,0 +1,1 @@
+"""How an output is graded: error metrics, outcomes, the stability allowance and verdicts."""
