@@ -30,9 +30,6 @@ import mpmath
 import pandas as pd
 import torch
 
-# Everything is imported up front: Hypothesis mixes constants from the project's loaded
-# modules into its draws, so the set of loaded modules is kept the same for a whole run
-# (a resumed run draws what an uninterrupted one would).
 from harness import baseline as baselines
 from harness.api import check, check_device
 from harness.bench import run_bench
@@ -50,15 +47,15 @@ from harness.search import search
 from harness.shrinking import Reproducers, shrink_failures
 from reports.demo import curves_png, render_demo
 from reports.markdown import render_summary
-from reports.precision import findings, precision_table
+from reports.precision import precision_markdown, precision_table
 from reports.stats import headline, summarize, worst_cases
 from reports.store import (
-    atomic_write,
     load_cases,
     load_manifest,
     load_records,
     load_reproducers,
     write_checkpoint,
+    write_files,
     write_report,
 )
 from strategies import REGIMES
@@ -273,12 +270,16 @@ def _write(
     records: pd.DataFrame,
     stored_ids: set[str],
     found,
-    extra: dict,
+    settings: dict,
     status: str,
     reproducers: Reproducers | None = None,
     checkpoint: bool = False,
-) -> pd.DataFrame | None:
-    """Write the report folder; a checkpoint writes only what --resume needs (records, cases, manifest)."""
+    extra: dict | None = None,
+) -> list[str]:
+    """Write the report folder; a checkpoint writes only what --resume needs (records, cases, manifest).
+
+    Returns one line per report file that could not be written (the manifest then says partial).
+    """
     summary = None if checkpoint else summarize(records)
     worst = set(worst_cases(records)["case_id"]) if checkpoint else set(summary["worst_case"])
     keep = stored_ids | worst | set(records.loc[records["outcome"].ne("exact"), "case_id"])
@@ -296,7 +297,7 @@ def _write(
         "oracle_self_checked": found.self_checked,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": _versions(),
-        **extra,
+        **settings,
     }
     table = reproducers.table if reproducers is not None else None
     kept = {i: c for i, c in found.cases.items() if i in keep}
@@ -304,12 +305,10 @@ def _write(
         kept.update(reproducers.cases)
     stored = list(kept.values())
     if checkpoint:
-        write_checkpoint(args.out, records, stored, manifest)
-        return None
+        return write_checkpoint(args.out, records, stored, manifest)
     markdown = render_summary(headline(records), summary, manifest, table, str(args.out))
-    write_report(args.out, records, summary, markdown, stored, manifest, with_html=status == "complete",
-                 reproducers=table)  # fmt: skip
-    return summary
+    return write_report(args.out, records, summary, markdown, stored, manifest, with_html=status == "complete",
+                        reproducers=table, extra=extra)  # fmt: skip
 
 
 def _resume(args: argparse.Namespace) -> tuple[argparse.Namespace, dict, dict]:
@@ -367,7 +366,9 @@ def _audit(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return pd.DataFrame(found.records, columns=list(RECORD_COLUMNS))
 
     def checkpoint(found) -> None:
-        _write(args, argv, frame(found), set(), found, extra, status="partial", checkpoint=True)
+        for error in _write(args, argv, frame(found), set(), found, extra, status="partial", checkpoint=True):
+            if error not in found.errors:  # a file that cannot be written fails at every checkpoint
+                found.errors.append(error)
 
     found = search(
         settings["formats"], regimes, implementations, profile=settings["profile"], seed=args.seed,
@@ -378,8 +379,7 @@ def _audit(args: argparse.Namespace, argv: Sequence[str]) -> int:
     records = frame(found)
     reproducers = None
     if not found.interrupted and args.shrink_seconds > 0:
-        # nothing lost if shrinking is cut short
-        _write(args, argv, records, set(), found, extra, status="partial", checkpoint=True)
+        checkpoint(found)  # nothing lost if shrinking is cut short
         reproducers = shrink_failures(
             records, implementations, profile=settings["profile"], seed=args.seed, examples=settings["examples"],
             max_classes=settings["max_classes"], policy=Policy(max_ulps=args.max_ulps),
@@ -388,17 +388,29 @@ def _audit(args: argparse.Namespace, argv: Sequence[str]) -> int:
         found.interrupted = reproducers.interrupted
     status = "partial" if found.interrupted else "complete"
     extra["shrink_seconds"] = args.shrink_seconds
-    _write(args, argv, records, set(), found, extra, status=status, reproducers=reproducers)
-    if not args.quiet:
-        print((args.out / "summary.md").read_text())
+    files = {}
     if args.precision and len(records):
-        print(_precision_report(records, args.out))
-    for error in found.errors:
+        files = {"precision.csv": lambda: precision_table(records).to_csv(index=False),
+                 "precision.md": lambda: precision_markdown(records, str(args.out))}  # fmt: skip
+    write_errors = _write(args, argv, records, set(), found, extra, status=status, reproducers=reproducers,
+                          extra=files)  # fmt: skip
+    if not args.quiet and (args.out / "summary.md").is_file():
+        print((args.out / "summary.md").read_text())
+    if args.precision and (args.out / "precision.md").is_file():
+        print((args.out / "precision.md").read_text())
+    return _finish(args.out, found.errors, write_errors, found.interrupted)
+
+
+def _finish(out: Path, errors: Sequence[str], write_errors: Sequence[str], interrupted: bool) -> int:
+    """Print the tool errors and where the report is; the exit code of a run that wrote a report."""
+    for error in [*errors, *write_errors]:
         print(f"harness: TOOL ERROR: {error}", file=sys.stderr)
-    print(f"report written to {args.out}{' (partial)' if found.interrupted else ''}", file=sys.stderr)
-    if found.interrupted:
+    print(f"report written to {out}{' (partial)' if interrupted or write_errors else ''}", file=sys.stderr)
+    if write_errors:
+        return EXIT_TOOL_ERROR
+    if interrupted:
         return EXIT_INTERRUPTED
-    return EXIT_TOOL_ERROR if found.errors else EXIT_OK
+    return EXIT_TOOL_ERROR if errors else EXIT_OK
 
 
 def _audit_cell(argv: list[str]) -> int:
@@ -548,14 +560,11 @@ def _merge_reports(
         keep |= set(reproducers["reproducer"].dropna())
     markdown = render_summary(headline(combined), summary, manifest, reproducers, str(out))
     _check_writable(out)
-    write_report(out, combined, summary, markdown, [c for i, c in stored.items() if i in keep], manifest,
-                 reproducers=reproducers)  # fmt: skip
+    write_errors = write_report(out, combined, summary, markdown, [c for i, c in stored.items() if i in keep],
+                                manifest, reproducers=reproducers)  # fmt: skip
     if not quiet:
         print(markdown)
-    print(f"merged report written to {out}", file=sys.stderr)
-    if not complete:
-        return EXIT_INTERRUPTED
-    return EXIT_TOOL_ERROR if manifest["tool_errors"] else EXIT_OK
+    return _finish(out, manifest["tool_errors"], write_errors, interrupted=not complete)
 
 
 def _merged_reproducers(tables: list[pd.DataFrame | None]) -> pd.DataFrame | None:
@@ -569,25 +578,6 @@ def _merged_reproducers(tables: list[pd.DataFrame | None]) -> pd.DataFrame | Non
     return ordered.drop(columns="_first").reset_index(drop=True)
 
 
-def _precision_report(records: pd.DataFrame, out: Path) -> str:
-    table = precision_table(records)
-    above = findings(records)
-    atomic_write(out / "precision.csv", table.to_csv(index=False))
-    lines = ["# Precision audit", "",
-             "Shares of results per ULP distance from the correctly rounded loss; error / bound is the measured "
-             "error over the Blanchard–Higham–Higham bound of the shifted algorithm.", "",
-             table.to_markdown(index=False, floatfmt=".3g"), ""]  # fmt: skip
-    if above.empty:
-        lines.append("No measured error exceeds the bound.")
-    else:
-        lines += [f"## Findings: {len(above)} results above the bound", "",
-                  above.head(20).to_markdown(index=False, floatfmt=".4g"), "",
-                  f"Replay any of them: python -m harness replay {out} CASE_ID"]  # fmt: skip
-    text = "\n".join(lines) + "\n"
-    atomic_write(out / "precision.md", text)
-    return text
-
-
 def _demo(args: argparse.Namespace) -> int:
     _check_writable(args.out)
     thresholds = [find_thresholds(fmt) for fmt in FORMATS.values()]
@@ -595,12 +585,12 @@ def _demo(args: argparse.Namespace) -> int:
     curves = {fmt.name: loss_curves(fmt, scales) for fmt in FORMATS.values()}
     plot = curves_png(curves, {t.dtype: t.theory_overflow for t in thresholds})
     markdown, page = render_demo(thresholds, dominant_case(), plot)
-    atomic_write(args.out / "demo.png", plot)
-    atomic_write(args.out / "demo.md", markdown)
-    atomic_write(args.out / "demo.html", page)
+    errors = write_files(args.out, {"demo.png": lambda: plot, "demo.md": lambda: markdown, "demo.html": lambda: page})
     print(markdown)
-    print(f"demo written to {args.out}", file=sys.stderr)
-    return EXIT_OK
+    for error in errors:
+        print(f"harness: TOOL ERROR: {error}", file=sys.stderr)
+    print(f"demo written to {args.out}{' (incomplete)' if errors else ''}", file=sys.stderr)
+    return EXIT_TOOL_ERROR if errors else EXIT_OK
 
 
 def _check(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -641,7 +631,8 @@ def _check(args: argparse.Namespace, argv: Sequence[str]) -> int:
     }  # fmt: skip
     counterexample_ids = {cx.case.case_id for cx in result.counterexamples}
     interrupted = result.search.interrupted
-    _write(args, argv, records, counterexample_ids, result.search, extra, "partial" if interrupted else "complete")
+    write_errors = _write(args, argv, records, counterexample_ids, result.search, extra,
+                          "partial" if interrupted else "complete")  # fmt: skip
     if interrupted:
         print(result.describe(replay_dir=str(args.out)))
         print(f"harness: interrupted; partial report written to {args.out}", file=sys.stderr)
@@ -666,11 +657,9 @@ def _check(args: argparse.Namespace, argv: Sequence[str]) -> int:
         baselines.save(args.save_baseline, result.records, run)
         lines.append(f"baseline saved to {args.save_baseline}")
     print("\n".join(lines))
-    for error in result.errors:
-        print(f"harness: TOOL ERROR: {error}", file=sys.stderr)
-    print(f"report written to {args.out}", file=sys.stderr)
-    if result.errors:
-        return EXIT_TOOL_ERROR
+    code = _finish(args.out, result.errors, write_errors, interrupted=False)
+    if code != EXIT_OK:
+        return code
     return EXIT_OK if result.passed and not regressed else EXIT_FLAGGED
 
 

@@ -27,8 +27,13 @@ class Profile:
     database: bool  # keep failing examples between runs (Hypothesis's example database)
 
     def hypothesis_settings(self, **overrides) -> settings:
+        # Every setting that steers generation is explicit, so a user's own Hypothesis
+        # profile (loaded in the same process by the pytest fixture) cannot change the
+        # cases drawn; the per-cell seed overrides derandomize.
         options = {
             "max_examples": self.examples,
+            "backend": "hypothesis",
+            "derandomize": False,
             "database": DirectoryBasedExampleDatabase(str(DATABASE_DIR)) if self.database else None,
             "deadline": None,
             "suppress_health_check": list(HealthCheck),

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from harness import oracle
 from harness.calling.caller import Caller
 from harness.calling.registry import Implementation
+from harness.determinism import independent_of_local_constants
 from harness.formats import Format
 from harness.grading.verdicts import Policy
 from harness.profiles import Profile
@@ -183,7 +184,7 @@ def search(
 
             cell_start = time.perf_counter()
             try:
-                with _shrink_time_limit(min(shrink_left, CELL_SHRINK_SECONDS)):
+                with _shrink_time_limit(min(shrink_left, CELL_SHRINK_SECONDS)), independent_of_local_constants():
                     body()
             except _Flagged as flagged:
                 result.counterexamples.append(Counterexample(flagged.case, flagged.record))

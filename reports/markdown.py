@@ -8,7 +8,7 @@ import pandas as pd
 
 from reports.stats import reproducer_table
 
-__all__ = ["render_summary"]
+__all__ = ["markdown_table", "render_summary"]
 
 
 def _fmt(value) -> str:
@@ -21,7 +21,8 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def _table(frame: pd.DataFrame) -> str:
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub-style Markdown table: integers as such, other floats to 3 significant digits, NaN as –."""
     header = "| " + " | ".join(map(str, frame.columns)) + " |"
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
     rows = ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
@@ -58,11 +59,11 @@ def render_summary(
         "",
         "ULP columns count only finite comparisons; non-finite failures are spurious inf/NaN or a missing inf/NaN.",
         "",
-        _table(head),
+        markdown_table(head),
         "",
         "## Per implementation, dtype and regime",
         "",
-        _table(summary[nonzero]),
+        markdown_table(summary[nonzero]),
         "",
     ]
     if reproducers is not None and len(reproducers):
@@ -71,7 +72,7 @@ def render_summary(
             "",
             "Each failing (implementation, dtype, regime), searched again with its seed and shrunk by Hypothesis.",
             "",
-            _table(reproducer_table(reproducers, report_dir)),
+            markdown_table(reproducer_table(reproducers, report_dir)),
             "",
         ]
     return "\n".join(lines)

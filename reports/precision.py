@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 
 from harness.grading.verdicts import SAFETY
+from reports.markdown import markdown_table
 
-__all__ = ["PRECISION_COLUMNS", "findings", "precision_table"]
+__all__ = ["PRECISION_COLUMNS", "findings", "precision_markdown", "precision_table"]
 
 PRECISION_COLUMNS = ["impl", "dtype", "regime", "cases", "correctly_rounded", "ulps_0", "ulps_1", "ulps_2",
                      "ulps_3", "ulps_gt3", "max_ulps", "max_error_over_bound", "above_bound"]  # fmt: skip
@@ -50,3 +51,21 @@ def findings(records: pd.DataFrame) -> pd.DataFrame:
     above = frame[frame["error_over_bound"] > 1]
     columns = ["impl", "dtype", "regime", "case_id", "n_classes", "output", "exact", "ulps", "error_over_bound"]
     return above.sort_values("error_over_bound", ascending=False)[columns]
+
+
+def precision_markdown(records: pd.DataFrame, report_dir: str) -> str:
+    """precision.md: the table, then every finding above the bound (the first 20), with how to replay them."""
+    table = precision_table(records)
+    above = findings(records)
+    lines = [
+        "# Precision audit", "",
+        "Shares of results per ULP distance from the correctly rounded loss; error / bound is the measured "
+        "error over the Blanchard–Higham–Higham bound of the shifted algorithm.", "",
+        markdown_table(table), "",
+    ]  # fmt: skip
+    if above.empty:
+        lines.append("No measured error exceeds the bound.")
+    else:
+        lines += [f"## Findings: {len(above)} results above the bound", "", markdown_table(above.head(20)), "",
+                  f"Replay any of them: python -m harness replay {report_dir} CASE_ID"]  # fmt: skip
+    return "\n".join(lines) + "\n"

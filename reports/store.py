@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from reports.html import render_html
 from strategies import Case
@@ -20,6 +23,7 @@ __all__ = [
     "load_records",
     "load_reproducers",
     "write_checkpoint",
+    "write_files",
     "write_report",
 ]
 
@@ -50,16 +54,26 @@ def atomic_write(path: Path, data: str | bytes) -> None:
         raise
 
 
-def _parquet_bytes(frame: pd.DataFrame) -> bytes | None:
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        return None
-    import io
-
+def _parquet_bytes(frame: pd.DataFrame) -> bytes:
     buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buffer)
     return buffer.getvalue()
+
+
+def write_files(out: Path, producers: dict[str, Callable[[], str | bytes]]) -> list[str]:
+    """Write each file that its producer renders; one line per file that could not be written.
+
+    A failure (a missing optional dependency, a full disk, a permission error) costs only
+    that file: every other file is still written, and the caller decides what it means.
+    """
+    errors = []
+    for name, produce in producers.items():
+        try:
+            atomic_write(out / name, produce())
+        except Exception as exc:  # any failure of one file is reported, never fatal
+            reason = str(exc).splitlines()[0] if str(exc) else ""
+            errors.append(f"could not write {out / name}: {type(exc).__name__}: {reason}".rstrip(": "))
+    return errors
 
 
 def write_report(
@@ -71,35 +85,57 @@ def write_report(
     manifest: dict,
     with_html: bool = True,
     reproducers: pd.DataFrame | None = None,
-) -> None:
-    """Write every file of a report folder; the manifest goes last, so its presence means done."""
+    extra: dict[str, Callable[[], str | bytes]] | None = None,
+) -> list[str]:
+    """Write every file of a report folder; the manifest goes last, so its presence means done.
+
+    ``extra`` adds files by name (e.g. the precision audit's). Returns one line per file
+    that could not be written; then the manifest is written with ``"status": "partial"``
+    and those lines under ``tool_errors``, never ``"complete"``.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / RECORDS_CSV, records.to_csv(index=False))
-    parquet = _parquet_bytes(records)
-    if parquet is not None:
-        atomic_write(out / RECORDS_PARQUET, parquet)
-    atomic_write(out / SUMMARY_CSV, summary.to_csv(index=False))
-    atomic_write(out / SUMMARY_MD, markdown)
+    cases = list(cases)
+    producers: dict[str, Callable[[], str | bytes]] = {
+        RECORDS_CSV: lambda: records.to_csv(index=False),
+        RECORDS_PARQUET: lambda: _parquet_bytes(records),
+        SUMMARY_CSV: lambda: summary.to_csv(index=False),
+        SUMMARY_MD: lambda: markdown,
+    }
     if reproducers is not None:
-        atomic_write(out / REPRODUCERS_CSV, reproducers.to_csv(index=False))
+        producers[REPRODUCERS_CSV] = lambda: reproducers.to_csv(index=False)
     if with_html and len(records):  # checkpoints skip the plots: they cost a second or two
-        atomic_write(out / REPORT_HTML, render_html(records, summary, manifest, str(out), reproducers))
-    atomic_write(out / CASES, "".join(json.dumps(c.to_json()) + "\n" for c in cases))
-    atomic_write(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        producers[REPORT_HTML] = lambda: render_html(records, summary, manifest, str(out), reproducers)
+    producers[CASES] = lambda: "".join(json.dumps(c.to_json()) + "\n" for c in cases)
+    producers.update(extra or {})
+    errors = write_files(out, producers)
+    if errors:
+        manifest = {**manifest, "status": "partial", "tool_errors": [*manifest.get("tool_errors", []), *errors]}
+    errors += write_files(out, {MANIFEST: lambda: json.dumps(manifest, indent=2, sort_keys=True) + "\n"})
+    return errors
 
 
-def write_checkpoint(out: Path, records: pd.DataFrame, cases: Iterable[Case], manifest: dict) -> None:
+def write_checkpoint(out: Path, records: pd.DataFrame, cases: Iterable[Case], manifest: dict) -> list[str]:
     """What --resume needs after every cell: records, stored cases, the (partial) manifest.
 
     Summaries are left to the end of the run (they cost more than the checkpoint); files
     of an earlier run in the folder are removed, so none outlives the records it described.
+    Returns one line per file that could not be written or removed.
     """
     out.mkdir(parents=True, exist_ok=True)
+    errors = []
     for stale in (RECORDS_PARQUET, SUMMARY_CSV, SUMMARY_MD, REPORT_HTML, REPRODUCERS_CSV):
-        (out / stale).unlink(missing_ok=True)
-    atomic_write(out / RECORDS_CSV, records.to_csv(index=False))
-    atomic_write(out / CASES, "".join(json.dumps(c.to_json()) + "\n" for c in cases))
-    atomic_write(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        try:
+            (out / stale).unlink(missing_ok=True)
+        except OSError as exc:
+            errors.append(f"could not remove the stale {out / stale}: {type(exc).__name__}: {exc.strerror or exc}")
+    cases = list(cases)
+    errors += write_files(out, {
+        RECORDS_CSV: lambda: records.to_csv(index=False),
+        CASES: lambda: "".join(json.dumps(c.to_json()) + "\n" for c in cases),
+    })  # fmt: skip
+    if errors:
+        manifest = {**manifest, "tool_errors": [*manifest.get("tool_errors", []), *errors]}
+    return errors + write_files(out, {MANIFEST: lambda: json.dumps(manifest, indent=2, sort_keys=True) + "\n"})
 
 
 def load_manifest(folder: Path) -> dict:

@@ -100,3 +100,42 @@ def test_unwritable_output_folder(tmp_path, capsys):
 def test_module_entry_point_runs():
     done = subprocess.run([sys.executable, "-m", "harness", "audit", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "--examples" in done.stdout
+
+
+def _one_cell(out, *extra) -> list[str]:
+    return ["audit", *TINY, "--dtype", "float32", "--regime", "moderate", "--out", str(out), *extra]
+
+
+def test_a_report_file_that_cannot_be_written_is_a_tool_error(tmp_path, capsys):
+    (tmp_path / "report.html").mkdir()  # os.replace cannot put a file there: like a permission error
+    assert main(_one_cell(tmp_path)) == 3
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "report.html" in line]
+    assert any(line.startswith("harness: TOOL ERROR: could not write") for line in lines) and "Traceback" not in err
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["status"] == "partial"
+    assert any("report.html" in error for error in manifest["tool_errors"])
+    for name in ("records.csv", "records.parquet", "summary.csv", "summary.md", "cases.jsonl"):
+        assert (tmp_path / name).is_file(), name  # every other file is kept
+
+
+def test_a_missing_optional_dependency_while_writing_is_a_tool_error(tmp_path, capsys, monkeypatch):
+    import harness.cli
+
+    def missing(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'tabulate'")
+
+    monkeypatch.setattr(harness.cli, "precision_markdown", missing)
+    assert main(_one_cell(tmp_path, "--precision")) == 3
+    err = capsys.readouterr().err
+    assert "could not write" in err and "precision.md" in err and "Traceback" not in err
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["status"] == "partial" and any("tabulate" in e for e in manifest["tool_errors"])
+    assert (tmp_path / "precision.csv").is_file() and (tmp_path / "report.html").is_file()
+
+
+def test_precision_audit_writes_its_tables(tmp_path, capsys):
+    assert main(_one_cell(tmp_path, "--precision")) == 0
+    text = (tmp_path / "precision.md").read_text()
+    assert text.startswith("# Precision audit") and "| impl | dtype | regime |" in text
+    assert json.loads((tmp_path / "manifest.json").read_text())["status"] == "complete"
