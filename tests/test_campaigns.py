@@ -86,3 +86,29 @@ def test_merge_keeps_every_shards_reproducers(tmp_path):
     assert merged["worst_allowance_ratio"].is_monotonic_decreasing or merged["regime"].nunique() == 1
     stored = load_cases(tmp_path / "m")
     assert set(merged["reproducer"].dropna()) <= set(stored)
+
+
+def test_python_api_runs_an_audit_like_the_cli(tmp_path):
+    import harness
+
+    report = harness.audit(["stable", "naive"], dtypes=["float32"], regimes=["moderate", "huge"], examples=3,
+                           max_classes=64, shrink_seconds=0, out=tmp_path / "api")  # fmt: skip
+    assert report.status == "complete" and report.exit_code == 0
+    assert set(report.records["impl"]) == {"stable", "naive"} and (tmp_path / "api" / "report.html").is_file()
+    cli = tmp_path / "cli"
+    assert main(["audit", "--impl", "stable", "--impl", "naive", "--dtype", "float32", "--regime", "moderate",
+                 "--regime", "huge", "--examples", "3", "--max-classes", "64", "--shrink-seconds", "0", "--quiet",
+                 "--out", str(cli)]) == 0  # fmt: skip
+    ours = report.records.drop(columns=["impl_seconds", "oracle_seconds"])
+    theirs = pd.read_csv(cli / "records.csv", dtype={"output_bits": str}).drop(
+        columns=["impl_seconds", "oracle_seconds"]
+    )
+    assert list(ours["case_id"]) == list(theirs["case_id"]) and list(ours["verdict"]) == list(theirs["verdict"])
+
+
+def test_python_api_rejects_bad_settings_in_one_line():
+    import harness
+    from harness.campaign.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="unknown regime 'bogus'"):
+        harness.audit(regimes=["bogus"])

@@ -120,12 +120,12 @@ def test_a_report_file_that_cannot_be_written_is_a_tool_error(tmp_path, capsys):
 
 
 def test_a_missing_optional_dependency_while_writing_is_a_tool_error(tmp_path, capsys, monkeypatch):
-    import harness.cli
+    import harness.campaign.engine
 
     def missing(*args, **kwargs):
         raise ModuleNotFoundError("No module named 'tabulate'")
 
-    monkeypatch.setattr(harness.cli, "precision_markdown", missing)
+    monkeypatch.setattr(harness.campaign.engine, "precision_markdown", missing)
     assert main(_one_cell(tmp_path, "--precision")) == 3
     err = capsys.readouterr().err
     assert "could not write" in err and "precision.md" in err and "Traceback" not in err
