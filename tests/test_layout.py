@@ -30,5 +30,5 @@ def test_copy_like_keeps_the_layout_and_values(name):
 
 def test_expanded_copies_share_storage_like_the_original():
     copy = copy_like(_X[2].expand(4, 5))
-    assert storage_extent(copy) == 5 and copy.stride() == (0, 1)
+    assert storage_extent(copy) == 15 and copy.stride() == (0, 1)  # offset 10, then one row of 5
     assert describe_layout(copy) == "strides (0, 1), offset 10"
