@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -17,14 +18,16 @@ import torch
 from harness.calling.caller import DEFAULT_TIMEOUT, Caller
 from harness.calling.loading import load_implementation
 from harness.calling.registry import REGISTRY, Implementation
+from harness.case_text import case_lines
 from harness.formats import FORMATS, Format, parse_dtype
 from harness.grading.verdicts import VERDICTS, Policy
 from harness.profiles import resolve_profile
-from harness.runner import RECORD_COLUMNS
-from harness.search import Counterexample, SearchResult, search
-from strategies import REGIMES
+from harness.runner import RECORD_COLUMNS, run_case
+from harness.search import SELF_CHECK_CASES, Counterexample, SearchResult, oracle_self_check, search
+from harness.user_case import CaseError, load_case
+from strategies import BANDS, REGIMES, Case, band_of, regime_fits
 
-__all__ = ["CheckResult", "assert_stable", "check", "describe_counterexample"]
+__all__ = ["CheckResult", "assert_stable", "check", "coverage", "coverage_line", "describe_counterexample"]
 
 REFERENCE = "torch"
 
@@ -72,6 +75,8 @@ class CheckResult:
         counts = ", ".join(f"{n} {v}" for v, n in self.counts.items() if n)
         status = "PASSED" if self.passed else "FAILED"
         lines = [f"{status}: {self.implementation} on {len(self.records)} cases ({counts}) in {self.seconds:.1f} s"]
+        if len(self.records) > 1:
+            lines.append(coverage_line(self.records))
         for cx in self.counterexamples:
             lines.append("")
             lines.append(describe_counterexample(cx, replay_dir))
@@ -79,29 +84,50 @@ class CheckResult:
         return "\n".join(lines)
 
 
-def _values(t: torch.Tensor) -> str:
-    return "[" + ", ".join(repr(v) for v in t.to(torch.float64).tolist()) + "]"
+def coverage(records: pd.DataFrame) -> dict:
+    """What a run's cases reached: counts per class-count band (strategies.BANDS) and of wide,
+    many-row, non-contiguous (strided regime) and K-dimensional cases. One record per case counts."""
+    per_case = records.drop_duplicates("case_id")
+    bands = per_case["n_classes"].map(band_of).value_counts()
+    return {
+        "cases": len(per_case),
+        "bands": {name: int(bands.get(name, 0)) for name, _, _ in BANDS},
+        "over_4096_classes": int(per_case["n_classes"].gt(4_096).sum()),
+        "over_64_rows": int(per_case["n_samples"].gt(64).sum()),
+        "max_classes": int(per_case["n_classes"].max()) if len(per_case) else 0,
+        "max_rows": int(per_case["n_samples"].max()) if len(per_case) else 0,
+        "strided": int(per_case["regime"].eq("strided").sum()),
+        "k_dimensional": int(per_case["regime"].eq("layout").sum()),
+    }
+
+
+def coverage_line(records: pd.DataFrame) -> str:
+    """One line for a run's output, e.g. 'coverage: 212 of 1400 cases had more than 4,096 classes; ...'."""
+    c = coverage(records)
+    bands = ", ".join(f"{name}: {n}" for name, n in c["bands"].items())
+    return (
+        f"coverage: {c['over_4096_classes']} of {c['cases']} cases had more than 4,096 classes "
+        f"(up to {c['max_classes']:,}), {c['over_64_rows']} more than 64 samples (up to {c['max_rows']:,}), "
+        f"{c['strided']} non-contiguous, {c['k_dimensional']} K-dimensional; cases per class count: {bands}"
+    )
 
 
 def describe_counterexample(cx: Counterexample, replay_dir: str | None = None) -> str:
-    """A minimal counterexample in a few lines: inputs, output, oracle, error, regime, replay command."""
+    """A minimal counterexample in a few lines: inputs, output, oracle, error, regime, replay command.
+
+    Small cases show every logit; large ones the positions that decide the failing
+    sample's loss (harness.case_text).
+    """
     case, r = cx.case, cx.record
-    sample = max(int(r["sample"]), 0)
-    row = case.row_logits[sample]
+    sample = max(int(r["sample"]), 0) if r["reduction"] == "none" else 0
+    row = case.row_logits[min(sample, case.n_samples - 1)]
     lines = [
         f"counterexample {case.case_id} ({case.format.name}, regime {case.regime}): {r['verdict']}, {r['outcome']}"
     ]
-    if case.logits.numel() <= 24 and case.logits.ndim == 2:
-        lines.append(f"  logits  = [{', '.join(_values(x) for x in case.logits)}]")
-    else:
-        finite = row[torch.isfinite(row)].to(torch.float64)
-        extremes = f"max {finite.max().item()!r}, min {finite.min().item()!r}" if finite.numel() else "no finite"
-        lines.append(
-            f"  logits  = shape {tuple(case.logits.shape)}; row {sample}: {extremes}, "
-            f"{int(torch.isneginf(row).sum())} -inf, {int(torch.isnan(row).sum())} nan"
-        )
+    lines.extend("  " + line for line in case_lines(case, sample))
     target = int(case.row_targets[sample])
-    lines.append(f"  targets = {case.targets.tolist()}  (target logit {row[target].item()!r})")
+    shown = case.targets.tolist() if case.n_samples <= 16 else f"{case.n_samples:,} targets"
+    lines.append(f"  targets = {shown}  (target logit {row[target].item()!r})")
     where = "mean over samples" if r["reduction"] == "mean" else f"sample {sample}"
     lines.append(f"  output  = {r['output']!r} ({r['output_bits']}), {where}")
     lines.append(f"  oracle  = {r['oracle']!r} (exact {r['exact']!r})")
@@ -149,11 +175,55 @@ def _implementation(fn, name: str | None, dtypes: Sequence[Format]) -> Implement
         impl = fn
     elif callable(fn):
         label = name or getattr(fn, "__qualname__", None) or repr(fn)
-        impl = Implementation(label, fn, source="python", k_dimensional=bool(getattr(fn, "k_dimensional", False)))
+        impl = Implementation(label, fn, source="python", k_dimensional=bool(getattr(fn, "k_dimensional", False)),
+                              contiguous_only=bool(getattr(fn, "contiguous_only", False)))  # fmt: skip
     else:
         raise TypeError(f"expected a callable, an Implementation or an IMPL spec, got {type(fn).__name__}")
     supported = tuple(f.dtype for f in dtypes if f.dtype in impl.dtypes)
     return dataclasses.replace(impl, name=name or impl.name, dtypes=supported)
+
+
+def _declared(impl: Implementation, k_dimensional: bool | None, contiguous_only: bool | None) -> Implementation:
+    if k_dimensional is not None:
+        impl = dataclasses.replace(impl, k_dimensional=k_dimensional)
+    if contiguous_only is not None:
+        impl = dataclasses.replace(impl, contiguous_only=contiguous_only)
+    if impl.name == REFERENCE:
+        impl = dataclasses.replace(impl, name=f"{REFERENCE} (under test)")
+    return impl
+
+
+def _check_case(impl: Implementation, case: Case, policy: Policy, caller: Caller) -> CheckResult:
+    """Grade exactly one given case: the same records, verdicts and counterexample format as a search."""
+    if not impl.supports(case.dtype):
+        raise ValueError(f"{impl.name} does not support {case.format.name}, the case's dtype")
+    if case.logits.ndim > 2 and not impl.k_dimensional:
+        raise ValueError(f"the case's logits are {tuple(case.logits.shape)}: {impl.name} takes only (N, C) logits "
+                         "(declare k_dimensional=True)")  # fmt: skip
+    if not case.contiguous and impl.contiguous_only:
+        raise ValueError(f"the case's logits are not contiguous ({case.layout}): {impl.name} declares contiguous_only")
+    found = SearchResult()
+    start = time.perf_counter()
+    records = run_case(case, [impl, REGISTRY.get(REFERENCE)], policy, caller)
+    found.records.extend(records)
+    found.cases[case.case_id] = case
+    found.seen.add(case.case_id)
+    found.completed_cells.append((case.format.name, case.regime))
+    found.errors.extend(oracle_self_check(found, SELF_CHECK_CASES))
+    found.seconds = time.perf_counter() - start
+    for record in records:
+        if record["impl"] == impl.name and policy.fails(record["verdict"]):
+            found.counterexamples.append(Counterexample(case, record))
+    return _result(impl, policy, found)
+
+
+def _result(impl: Implementation, policy: Policy, found: SearchResult) -> CheckResult:
+    records = pd.DataFrame(found.records, columns=list(RECORD_COLUMNS))
+    mine = records[records["impl"] == impl.name].reset_index(drop=True)
+    theirs = records[records["impl"] == REFERENCE].reset_index(drop=True)
+    passed = not mine.empty and not any(policy.fails(v) for v in mine["verdict"])
+    return CheckResult(impl.name, passed, policy, mine, theirs, found.counterexamples, found.errors,
+                       found.seconds, found)  # fmt: skip
 
 
 def check(
@@ -172,19 +242,44 @@ def check(
     name: str | None = None,
     progress: bool | None = False,
     k_dimensional: bool | None = None,
+    contiguous_only: bool | None = None,
+    case: Case | dict | tuple | str | None = None,
 ) -> CheckResult:
     """Run the strategies on ``fn(logits, targets)`` and judge every case.
 
     ``fn`` returns per-sample losses (N,) or their mean (a scalar). It fails when any
     case is *unstable* (or *inaccurate* with ``strict``); each failing (dtype, regime)
-    cell contributes one counterexample, shrunk by Hypothesis. ``device`` is where fn
-    runs (the oracle stays on the CPU); a call taking over ``timeout`` seconds is a failure.
+    cell contributes one counterexample, shrunk by Hypothesis and then structurally
+    (rows, tiles of classes, magnitudes, layout). ``device`` is where fn runs (the
+    oracle stays on the CPU); a call taking over ``timeout`` seconds is a failure.
     ``k_dimensional``: fn also takes (N, C, d1, ..., dk) logits with (N, d1, ..., dk)
     targets, so the layout regime runs on it (default: the implementation's own
-    declaration, or ``fn.k_dimensional``).
+    declaration, or ``fn.k_dimensional``). ``contiguous_only``: fn needs contiguous
+    logits, so the strided regime is left out (default: its declaration, or
+    ``fn.contiguous_only``).
+
+    ``case``: grade exactly this input instead of searching: a Case, a dict with
+    ``logits`` and ``targets`` tensors, a ``(logits, targets)`` pair, a ``torch.save``
+    file of such a dict, or ``"REPORT_DIR:CASE_ID"`` (harness.user_case). Its verdict,
+    record and counterexample are those a search would give it; search options
+    (``dtypes``, ``regimes``, ``examples``, ``profile``, ``max_classes``, ``seed``) must then be left out.
+    Raises ValueError (one line) for options or a case that cannot be graded.
     """
-    formats = _formats(dtypes)
     check_device(device)
+    policy = Policy(max_ulps=max_ulps, strict=strict)
+    caller = Caller(timeout=timeout, device=device)
+    if case is not None:
+        given = [n for n, v in (("dtypes", dtypes), ("regimes", regimes), ("examples", examples), ("profile", profile),
+                                ("max_classes", max_classes)) if v is not None]  # fmt: skip
+        if given or seed != 0:
+            raise ValueError(f"case= grades one given input: leave out {', '.join(given) or 'seed'}")
+        try:
+            graded = load_case(case)
+        except CaseError as exc:
+            raise ValueError(str(exc)) from None
+        impl = _declared(_implementation(fn, name, [graded.format]), k_dimensional, contiguous_only)
+        return _check_case(impl, graded, policy, caller)
+    formats = _formats(dtypes)
     chosen = list(regimes or REGIMES)
     unknown = [r for r in chosen if r not in REGIMES]
     if unknown:
@@ -192,26 +287,26 @@ def check(
     budget = resolve_profile(profile)
     if examples is not None and examples < 1:
         raise ValueError(f"examples must be >= 1, got {examples}")
-    impl = _implementation(fn, name, formats)
-    if k_dimensional is not None:
-        impl = dataclasses.replace(impl, k_dimensional=k_dimensional)
+    impl = _declared(_implementation(fn, name, formats), k_dimensional, contiguous_only)
     if not impl.k_dimensional:
         if regimes is not None and "layout" in chosen:
             raise ValueError(f"regime 'layout' needs k_dimensional=True: {impl.name} takes only (N, C) logits")
         chosen = [r for r in chosen if r != "layout"]
-    if impl.name == REFERENCE:
-        impl = dataclasses.replace(impl, name=f"{REFERENCE} (under test)")
+    if impl.contiguous_only:
+        if regimes is not None and "strided" in chosen:
+            raise ValueError(f"regime 'strided' draws non-contiguous logits: {impl.name} declares contiguous_only")
+        chosen = [r for r in chosen if r != "strided"]
     formats = [f for f in formats if f.dtype in impl.dtypes]
     if not formats:
         raise ValueError(f"{impl.name} supports none of the requested dtypes")
     limit = max_classes or budget.max_classes
-    chosen = [r for r in chosen if r != "large_vocab" or limit >= 1024]
-    policy = Policy(max_ulps=max_ulps, strict=strict)
-    reference = REGISTRY.get(REFERENCE)
+    chosen = [r for r in chosen if regime_fits(r, limit)]
+    if not chosen:
+        raise ValueError(f"no requested regime can draw cases of at most {limit} classes")
     found = search(
         formats,
         chosen,
-        [impl, reference],
+        [impl, REGISTRY.get(REFERENCE)],
         profile=budget,
         seed=seed,
         examples=examples,
@@ -219,15 +314,10 @@ def check(
         policy=policy,
         fails=lambda record: record["impl"] == impl.name and policy.fails(record["verdict"]),
         subject=impl,
-        caller=Caller(timeout=timeout, device=device),
+        caller=caller,
         progress=progress,
     )
-    records = pd.DataFrame(found.records, columns=list(RECORD_COLUMNS))
-    mine = records[records["impl"] == impl.name].reset_index(drop=True)
-    theirs = records[records["impl"] == REFERENCE].reset_index(drop=True)
-    passed = not any(policy.fails(v) for v in mine["verdict"])
-    return CheckResult(impl.name, passed, policy, mine, theirs, found.counterexamples, found.errors,
-                       found.seconds, found)  # fmt: skip
+    return _result(impl, policy, found)
 
 
 def assert_stable(fn: Callable | Implementation | str, **options) -> CheckResult:

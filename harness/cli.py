@@ -21,15 +21,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness import baseline as baselines
-from harness.api import check, check_device
+from harness.api import check, check_device, coverage_line
 from harness.bench import run_bench
 from harness.calling.caller import DEFAULT_TIMEOUT
 from harness.calling.loading import LoadError, load_implementation
 from harness.campaign.engine import resume_audit, run_audit
 from harness.campaign.merge import merge_reports
 from harness.campaign.report import AuditReport, check_writable, write_check_folder
-from harness.campaign.settings import DEFAULT_SHRINK_SECONDS, SettingsError, audit_settings
+from harness.campaign.settings import DEFAULT_SHRINK_SECONDS, AuditSettings, SettingsError, audit_settings
 from harness.demo import dominant_case, find_thresholds, loss_curves
+from harness.export import export_reproducers, export_tests
 from harness.formats import FORMATS, Format, parse_dtype
 from harness.profiles import PROFILES, resolve_profile
 from harness.replay import replay_case
@@ -156,6 +157,8 @@ def _parser() -> argparse.ArgumentParser:
                        f"after the run (default {DEFAULT_SHRINK_SECONDS:g}; 0: none)")  # fmt: skip
     audit.add_argument("--resume", type=Path, metavar="DIR",
                        help="continue the partial audit in DIR with its own settings")  # fmt: skip
+    audit.add_argument("--export-tests", type=Path, metavar="DIR",
+                       help="write each minimal reproducer as a self-contained pytest file in DIR")  # fmt: skip
 
     check = sub.add_parser("check", help="judge one implementation; exit 1 when it is flagged")
     check.add_argument("impl", help="built-in name, module:function or path/to/file.py:function")
@@ -164,6 +167,13 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--device", default="cpu", help="where the implementation runs (default cpu)")
     check.add_argument("--k-dimensional", action="store_true",
                        help="IMPL also takes (N, C, d1, ...) logits: run the layout regime on it")  # fmt: skip
+    check.add_argument("--contiguous-only", action="store_true",
+                       help="IMPL needs contiguous logits: leave out the strided regime")  # fmt: skip
+    check.add_argument("--case", metavar="FILE",
+                       help="grade exactly this input: a torch.save'd dict with logits and targets, "
+                       "or REPORT_DIR:CASE_ID")  # fmt: skip
+    check.add_argument("--export-tests", type=Path, metavar="DIR",
+                       help="write each counterexample as a self-contained pytest file in DIR")  # fmt: skip
     check.add_argument("--save-baseline", type=Path, help="record per-(dtype, regime) statistics to FILE")
     check.add_argument("--baseline", type=Path, help="fail when worse than the statistics in FILE")
 
@@ -196,11 +206,21 @@ def _print_tool_errors(errors: Sequence[str]) -> None:
         print(f"harness: TOOL ERROR: {error}", file=sys.stderr)
 
 
-def _report_end(report: AuditReport, quiet: bool, what: str = "report") -> int:
-    """Print an audit's summary (unless quiet), its tool errors and where it is; its exit code."""
+def _report_end(report: AuditReport, quiet: bool, what: str = "report", export: Path | None = None,
+                implementations=None) -> int:  # fmt: skip
+    """Print an audit's summary (unless quiet), coverage, tool errors and where it is; its exit code.
+
+    ``export``: write the report's minimal reproducers as pytest files there.
+    """
     summary = report.path("summary.md")
     if not quiet and summary.is_file():
         print(summary.read_text())
+    if len(report.records):
+        print(coverage_line(report.records))
+    if export is not None:
+        written, problems = export_reproducers(report.out, implementations or [], export)
+        print(f"exported {len(written)} test{'s' * (len(written) != 1)} to {export}", file=sys.stderr)
+        report.write_errors.extend(problems)
     if report.path("precision.md").is_file() and report.manifest.get("precision"):
         print(report.path("precision.md").read_text())
     _print_tool_errors([*report.tool_errors, *report.write_errors])
@@ -209,10 +229,14 @@ def _report_end(report: AuditReport, quiet: bool, what: str = "report") -> int:
 
 
 def _audit(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    if args.export_tests:
+        check_writable(args.export_tests)
     if args.resume:
         if args.workers > 1:
             raise UsageError("--workers cannot resume a run; resume it without --workers")
-        return _report_end(resume_audit(args.resume, command=_command(argv)), args.quiet)
+        report = resume_audit(args.resume, command=_command(argv))
+        implementations = AuditSettings.from_json(report.manifest["settings"]).load_implementations()
+        return _report_end(report, args.quiet, export=args.export_tests, implementations=implementations)
     settings, implementations = audit_settings(
         args.impl, dtypes=args.dtype, regimes=args.regime, profile=args.profile, examples=args.examples,
         max_classes=args.max_classes, seed=args.seed, max_ulps=args.max_ulps, precision=args.precision,
@@ -220,7 +244,7 @@ def _audit(args: argparse.Namespace, argv: Sequence[str]) -> int:
     )  # fmt: skip
     report = run_audit(settings, args.out, implementations=implementations, command=_command(argv),
                        workers=args.workers)  # fmt: skip
-    return _report_end(report, args.quiet)
+    return _report_end(report, args.quiet, export=args.export_tests, implementations=implementations)
 
 
 def _merge(args: argparse.Namespace) -> int:
@@ -241,16 +265,64 @@ def _demo(args: argparse.Namespace) -> int:
     return EXIT_TOOL_ERROR if errors else EXIT_OK
 
 
+def _export(result, impl, folder: Path | None, max_ulps: float) -> list[str]:
+    """Write check's counterexamples as pytest files in ``folder``; one line per file not written."""
+    if folder is None:
+        return []
+    items = [(cx.case, cx.record, impl) for cx in result.counterexamples]
+    written, problems = export_tests(folder, items, max_ulps=max_ulps)
+    print(f"exported {len(written)} test{'s' * (len(written) != 1)} to {folder}", file=sys.stderr)
+    return problems
+
+
+def _check_case(args: argparse.Namespace, argv: Sequence[str], impl) -> int:
+    """check --case: grade exactly the given input, with check's verdicts, output and exit codes."""
+    options = (("--dtype", args.dtype), ("--regime", args.regime), ("--profile", args.profile),
+               ("--examples", args.examples), ("--max-classes", args.max_classes), ("--seed", args.seed),
+               ("--baseline", args.baseline), ("--save-baseline", args.save_baseline))  # fmt: skip
+    conflicting = [flag for flag, value in options if value]
+    if conflicting:
+        raise UsageError(f"--case grades one given input: it cannot be combined with {', '.join(conflicting)}")
+    check_writable(args.out)
+    if args.export_tests:
+        check_writable(args.export_tests)
+    try:
+        check_device(args.device)
+        result = check(impl, case=args.case, max_ulps=args.max_ulps, strict=args.strict, device=args.device,
+                       timeout=args.timeout)  # fmt: skip
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    case = next(iter(result.search.cases.values()))
+    manifest_run = {
+        "implementation": impl.name, "case": args.case, "case_id": case.case_id, "seed": "none (one given case)",
+        "dtypes": [case.format.name],
+        "regimes": [case.regime], "strict": args.strict, "max_ulps": args.max_ulps,
+        "implementations": [{"name": impl.name, "source": impl.source}, {"name": "torch", "source": "built-in"}],
+    }  # fmt: skip
+    write_errors = write_check_folder(result, args.out, command=_command(argv), run=manifest_run)
+    print(result.describe(replay_dir=str(args.out)))
+    write_errors += _export(result, impl, args.export_tests, args.max_ulps)
+    _print_tool_errors([*result.errors, *write_errors])
+    print(f"report written to {args.out}{' (partial)' if write_errors else ''}", file=sys.stderr)
+    if write_errors or result.errors:
+        return EXIT_TOOL_ERROR
+    return EXIT_OK if result.passed else EXIT_FLAGGED
+
+
 def _check(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    profile = resolve_profile(args.profile)
-    formats = args.dtype or list(FORMATS.values())
-    examples, max_classes = args.examples or profile.examples, args.max_classes or profile.max_classes
     try:
         impl = load_implementation(args.impl)
     except LoadError as exc:
         raise UsageError(str(exc)) from None
     if args.k_dimensional:
         impl = dataclasses.replace(impl, k_dimensional=True)
+    if args.contiguous_only:
+        impl = dataclasses.replace(impl, contiguous_only=True)
+    if args.case:
+        return _check_case(args, argv, impl)
+    profile = resolve_profile(args.profile)
+    formats = args.dtype or list(FORMATS.values())
+    examples, max_classes = args.examples or profile.examples, args.max_classes or profile.max_classes
     regimes = audit_settings([impl], dtypes=formats, regimes=args.regime, max_classes=max_classes)[0].regimes
     saved = None
     if args.baseline:
@@ -259,6 +331,8 @@ def _check(args: argparse.Namespace, argv: Sequence[str]) -> int:
         except baselines.BaselineError as exc:
             raise UsageError(str(exc)) from None
     check_writable(args.out)
+    if args.export_tests:
+        check_writable(args.export_tests)
     try:
         check_device(args.device)
     except ValueError as exc:
@@ -301,6 +375,7 @@ def _check(args: argparse.Namespace, argv: Sequence[str]) -> int:
         baselines.save(args.save_baseline, result.records, run)
         lines.append(f"baseline saved to {args.save_baseline}")
     print("\n".join(lines))
+    write_errors += _export(result, impl, args.export_tests, args.max_ulps)
     _print_tool_errors([*result.errors, *write_errors])
     print(f"report written to {args.out}{' (partial)' if write_errors else ''}", file=sys.stderr)
     if write_errors or result.errors:

@@ -25,6 +25,7 @@ class Profile:
     examples: int  # cases per (dtype, regime) cell
     max_classes: int
     database: bool  # keep failing examples between runs (Hypothesis's example database)
+    max_rows: int = 4_096  # rows of the largest batch-regime case
 
     def hypothesis_settings(self, **overrides) -> settings:
         # Every setting that steers generation is explicit, so a user's own Hypothesis
@@ -45,9 +46,9 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (
-        Profile("ci", examples=8, max_classes=32_768, database=False),
-        Profile("dev", examples=25, max_classes=131_072, database=False),
-        Profile("fuzz", examples=250, max_classes=256_000, database=True),  # 44 cells: 11,000 cases
+        Profile("ci", examples=8, max_classes=32_768, database=False, max_rows=1_024),
+        Profile("dev", examples=25, max_classes=131_072, database=False, max_rows=4_096),
+        Profile("fuzz", examples=250, max_classes=256_000, database=True, max_rows=16_384),  # 56 cells: 14,000 cases
     )
 }
 

@@ -1,7 +1,13 @@
-"""Re-run one stored case of a report and show outputs and oracle values bit for bit."""
+"""Re-run one stored case of a report and show outputs and oracle values bit for bit.
+
+Works from any working directory: a ``file.py:function`` implementation is stored in the
+report with its absolute path (harness.calling.loading), and is re-run under the name the
+report recorded, so its fresh output is compared with the recorded one.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -9,27 +15,44 @@ import torch
 
 from harness import oracle
 from harness.calling.loading import load_implementation
+from harness.case_text import case_lines
 from harness.formats import bit_pattern
 from harness.runner import run_case
 from reports.store import load_cases, load_manifest, load_records, load_reproducers
 
 __all__ = ["replay_case"]
 
+ORACLE_SHOWN = 16  # per-sample oracle values listed before "..."
+
 
 def _show(value: float, dtype: torch.dtype) -> str:
     return f"{value!r} ({bit_pattern(torch.tensor(value, dtype=torch.float64).to(dtype))})"
 
 
+def _implementations(manifest: dict, impl_specs: Sequence[str] | None):
+    if impl_specs:
+        return [load_implementation(spec) for spec in impl_specs]
+    loaded = []
+    for entry in manifest["implementations"]:
+        spec = entry["name"] if entry["source"] in ("built-in", "python") else entry["source"]
+        if entry["source"] == "python":
+            continue  # a Python callable given to the API: nothing to load it from
+        loaded.append(dataclasses.replace(load_implementation(spec), name=entry["name"]))
+    return loaded
+
+
 def replay_case(report: Path, case_id: str, impl_specs: Sequence[str] | None = None) -> str:
-    """Text showing the case, each implementation's fresh and recorded output, and the oracle."""
+    """Text showing the case, each implementation's fresh and recorded output, and the oracle.
+
+    Small cases show every logit; large ones the positions that decide each shown
+    sample's loss (maximum, target, -inf runs, NaN and +inf positions).
+    """
     manifest = load_manifest(report)
     stored = load_cases(report)
     if case_id not in stored:
         raise KeyError(f"case {case_id} is not stored in {report}")
     case = stored[case_id]
-    specs = impl_specs or [impl["name"] if impl["source"] == "built-in" else impl["source"]
-                           for impl in manifest["implementations"]]  # fmt: skip
-    implementations = [load_implementation(spec) for spec in specs]
+    implementations = _implementations(manifest, impl_specs)
     records = load_records(report)
     recorded = records[records["case_id"] == case_id].set_index("impl")
     reproducers = load_reproducers(report)
@@ -39,14 +62,16 @@ def replay_case(report: Path, case_id: str, impl_specs: Sequence[str] | None = N
     dtype = case.dtype
     lines = [
         f"case {case_id}  regime {case.regime}  dtype {case.format.name}  shape {tuple(case.logits.shape)}",
-        f"targets {case.targets.tolist()}",
+        f"targets {case.targets.tolist() if case.n_samples <= 64 else f'{case.n_samples:,} targets'}",
     ]
-    if case.logits.numel() <= 64:
-        lines.append(f"logits {case.logits.to(torch.float64).tolist()}")
+    worst = max((int(r["sample"]) for r in fresh if r["reduction"] == "none"), default=0)
+    lines.extend(case_lines(case, max(worst, 0)))
     per_sample = oracle.evaluate(case.row_logits, case.row_targets)
-    lines.append(
-        "oracle " + ", ".join(_show(v.value, dtype) + ("" if v.certified else " UNCERTIFIED") for v in per_sample)
+    shown = ", ".join(
+        _show(v.value, dtype) + ("" if v.certified else " UNCERTIFIED") for v in per_sample[:ORACLE_SHOWN]
     )
+    more = f", ... ({len(per_sample):,} samples)" if len(per_sample) > ORACLE_SHOWN else ""
+    lines.append(f"oracle {shown}{more}")
     for record in fresh:
         line = (
             f"{record['impl']}: sample {record['sample']} output {record['output']!r} ({record['output_bits']}) "

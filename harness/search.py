@@ -3,7 +3,8 @@
 Each cell gets its own seed derived from the run's seed, so adding a dtype or a regime
 does not change the cases drawn for the others, and the same seed reproduces the run.
 Targeted search climbs the worst error; with a ``fails`` predicate, the first failing
-case of a cell is shrunk by Hypothesis to a minimal counterexample.
+case of a cell is shrunk by Hypothesis, then structurally (harness.minimize: layout,
+rows, tiles of classes, magnitudes), to a minimal counterexample.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from harness.calling.registry import Implementation
 from harness.determinism import independent_of_local_constants
 from harness.formats import Format
 from harness.grading.verdicts import Policy
+from harness.minimize import minimize
 from harness.profiles import Profile
 from harness.runner import run_case
 from strategies import Case, anchor_cases, cases
@@ -36,7 +38,8 @@ __all__ = ["Counterexample", "SearchResult", "cell_seed", "search"]
 SHRINK_SECONDS = 30.0  # shrinking time for a whole run
 SELF_CHECK_CASES = 12  # oracle values re-derived at higher precision after every run
 SELF_CHECK_MAX_ELEMENTS = 4096
-CELL_SHRINK_SECONDS = 8.0  # and for one (dtype, regime) cell
+CELL_SHRINK_SECONDS = 8.0  # Hypothesis's shrinking of one (dtype, regime) cell
+CELL_MINIMIZE_SECONDS = 4.0  # then the structural pass on its counterexample
 
 
 @dataclass(frozen=True)
@@ -175,7 +178,7 @@ def search(
                 max_examples=examples, phases=phases, report_multiple_bugs=False, verbosity=Verbosity.quiet
             )
             @hypothesis_seed(cell_seed(seed, fmt, regime))
-            @given(cases(dtype=fmt, regimes=[regime], max_classes=max_classes))
+            @given(cases(dtype=fmt, regimes=[regime], max_classes=max_classes, max_rows=profile.max_rows))
             def body(case: Case) -> None:
                 visit(case)
 
@@ -187,11 +190,21 @@ def search(
                 with _shrink_time_limit(min(shrink_left, CELL_SHRINK_SECONDS)), independent_of_local_constants():
                     body()
             except _Flagged as flagged:
-                result.counterexamples.append(Counterexample(flagged.case, flagged.record))
-                if flagged.case.case_id not in result.seen:
-                    result.seen.add(flagged.case.case_id)
-                    result.cases[flagged.case.case_id] = flagged.case
-                    result.records.extend(run_case(flagged.case, implementations, policy, caller))
+                case, record = flagged.case, flagged.record
+                left = min(shrink_left - (time.perf_counter() - cell_start), CELL_MINIMIZE_SECONDS)
+                if subject is not None and fails is not None and left > 0:
+                    try:
+                        case, record = _minimized(flagged, subject, fails, policy, caller, left)
+                    except KeyboardInterrupt:
+                        result.interrupted = True
+                result.counterexamples.append(Counterexample(case, record))
+                if result.interrupted:
+                    result.cases.setdefault(case.case_id, case)  # stored, so its replay command works
+                    break
+                if case.case_id not in result.seen:
+                    result.seen.add(case.case_id)
+                    result.cases[case.case_id] = case
+                    result.records.extend(run_case(case, implementations, policy, caller))
             except KeyboardInterrupt:
                 result.interrupted = True
                 break
@@ -213,6 +226,21 @@ def search(
             result.interrupted = True
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _minimized(flagged: _Flagged, subject: Implementation, fails: Callable[[dict], bool], policy: Policy,
+               caller: Caller, seconds: float) -> tuple[Case, dict]:  # fmt: skip
+    """The flagged case shrunk structurally, running only the subject, failing with the same outcome."""
+    outcome = flagged.record["outcome"]
+
+    def still_fails(case: Case) -> dict | None:
+        for record in run_case(case, [subject], policy, caller):
+            if record["outcome"] == outcome and fails(record):
+                return record
+        return None
+
+    found = minimize(flagged.case, flagged.record, still_fails, seconds=seconds)
+    return found.case, found.record
 
 
 def oracle_self_check(result: SearchResult, count: int) -> list[str]:

@@ -1,31 +1,33 @@
 """Minimal reproducers for an audit's failures.
 
-An audit keeps every case it draws, so Hypothesis never shrinks anything there. Here,
-afterwards, each failing (implementation, dtype, regime) cell is searched again with
-its own seed: the search retraces the audit's path (the same cases, the same target
-scores) up to the first case on which that implementation fails the same way (the same
-outcome), and Hypothesis shrinks that case, running only the implementation. The worst
-failure of each (implementation, dtype) goes first; a time budget bounds the whole pass,
-and what it does not reach is listed with its worst case, unshrunk.
+An audit keeps every case it draws, and every failing case among them. Afterwards, for
+each failing (implementation, dtype, regime) cell, the smallest stored case on which that
+implementation failed is shrunk structurally (harness.minimize: layout, rows, tiles of
+classes, magnitudes), running only that implementation, keeping each step on which it
+fails the same way (the same outcome). Nothing is searched again, so the time goes to
+shrinking. A first pass gives each failing (implementation, dtype) one reproducer, its
+worst cell first; a second pass takes the remaining cells. A time budget bounds the
+whole; a cell it does not reach is listed with its worst case, unshrunk.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
 
 from harness.calling.caller import Caller
 from harness.calling.registry import Implementation
-from harness.formats import FORMATS
 from harness.grading.verdicts import Policy
-from harness.profiles import Profile
-from harness.search import CELL_SHRINK_SECONDS, search
-from strategies import Case, anchor_cases
+from harness.minimize import minimize
+from harness.runner import run_case
+from strategies import Case
 
-__all__ = ["REPRODUCER_COLUMNS", "Reproducers", "shrink_failures"]
+__all__ = ["CELL_SHRINK_SECONDS", "REPRODUCER_COLUMNS", "Reproducers", "same_failure", "shrink_failures"]
+
+CELL_SHRINK_SECONDS = 8.0  # the most one cell's shrinking may take
 
 REPRODUCER_COLUMNS = (
     "impl", "dtype", "regime", "outcome", "verdict", "worst_case", "worst_allowance_ratio", "status",
@@ -42,67 +44,100 @@ class Reproducers:
     interrupted: bool = False
 
 
+def same_failure(subject: Implementation, outcome: str, policy: Policy, caller: Caller):
+    """``fails(case)`` for harness.minimize: the subject's record when it fails with ``outcome``, else None."""
+
+    def fails(case: Case) -> dict | None:
+        for record in run_case(case, [subject], policy, caller):
+            if record["outcome"] == outcome and policy.fails(record["verdict"]):
+                return record
+        return None
+
+    return fails
+
+
 def _failing_cells(records: pd.DataFrame, policy: Policy) -> pd.DataFrame:
-    """The worst failing record of each (impl, dtype, regime), each (impl, dtype)'s worst first."""
+    """One row per failing (impl, dtype, regime): its worst record, and the smallest failing case.
+
+    Ordered so each (impl, dtype)'s worst cell comes first (the first pass), then the rest.
+    """
     failing = records[records["verdict"].map(policy.fails)]
     if failing.empty:
         return failing
-    ranked = failing.assign(_ratio=failing["allowance_ratio"].fillna(float("inf")))
-    worst = ranked.sort_values("_ratio", ascending=False, kind="stable").drop_duplicates(["impl", "dtype", "regime"])
-    worst = worst.assign(_first=~worst.duplicated(["impl", "dtype"]))  # the worst of its (impl, dtype)
+    ranked = failing.assign(_ratio=failing["allowance_ratio"].fillna(float("inf")),
+                            _size=failing["n_samples"] * failing["n_classes"])  # fmt: skip
+    key = ["impl", "dtype", "regime"]
+    worst = ranked.sort_values("_ratio", ascending=False, kind="stable").drop_duplicates(key)
+    # the smallest case failing the way the worst one does: where shrinking starts
+    smallest = ranked.sort_values("_size", kind="stable").drop_duplicates([*key, "outcome"])
+    worst = worst.merge(smallest[[*key, "outcome", "case_id"]].rename(columns={"case_id": "_start"}),
+                        on=[*key, "outcome"])  # fmt: skip
+    worst = worst.assign(_first=~worst.duplicated(["impl", "dtype"]))
     return worst.sort_values(["_first", "_ratio"], ascending=[False, False], kind="stable")
 
 
 def shrink_failures(
     records: pd.DataFrame,
     implementations: Sequence[Implementation],
+    cases: Mapping[str, Case],
     *,
-    profile: Profile,
-    seed: int,
-    examples: int,
-    max_classes: int,
     policy: Policy,
     caller: Caller,
     seconds: float,
 ) -> Reproducers:
-    """Shrink a minimal reproducer for each failing cell of an audit, within ``seconds`` in all."""
+    """Shrink a minimal reproducer for each failing cell of an audit, within ``seconds`` in all.
+
+    ``cases``: the audit's cases by id (every failing case must be there; one that is not
+    is reported as not shrunk). Returns the reproducers' table and the shrunk cases.
+    """
     by_name = {impl.name: impl for impl in implementations}
-    rows, cases = [], {}
+    cells = _failing_cells(records, policy).to_dict(orient="records")
+    rows, shrunk = [], {}
     start = time.perf_counter()
     interrupted = False
-    for worst in _failing_cells(records, policy).to_dict(orient="records"):
+    first_pass = sum(cell["_first"] for cell in cells)
+    for index, cell in enumerate(cells):
         row = {
-            "impl": worst["impl"], "dtype": worst["dtype"], "regime": worst["regime"], "outcome": worst["outcome"],
-            "verdict": worst["verdict"], "worst_case": worst["case_id"], "worst_allowance_ratio": worst["_ratio"],
+            "impl": cell["impl"], "dtype": cell["dtype"], "regime": cell["regime"], "outcome": cell["outcome"],
+            "verdict": cell["verdict"], "worst_case": cell["case_id"], "worst_allowance_ratio": cell["_ratio"],
             "status": "not shrunk: time budget spent",
         }  # fmt: skip
-        left = seconds - (time.perf_counter() - start)
-        subject = by_name.get(worst["impl"])
-        if left > 0 and subject is not None and not interrupted:
-
-            def same_failure(record: dict, name=worst["impl"], outcome=worst["outcome"]) -> bool:
-                return record["impl"] == name and record["outcome"] == outcome and policy.fails(record["verdict"])
-
-            found = search(
-                [FORMATS[worst["dtype"]]], [worst["regime"]], implementations, profile=profile, seed=seed,
-                examples=examples, max_classes=max_classes, policy=policy, fails=same_failure, subject=subject,
-                shrink_seconds=min(left, CELL_SHRINK_SECONDS), caller=caller, self_check=0, progress=False,
-            )  # fmt: skip
-            interrupted = found.interrupted
-            if found.counterexamples:
-                cx = found.counterexamples[0]
-                cases[cx.case.case_id] = cx.case
-                anchors = {c.case_id for c in anchor_cases(worst["dtype"], worst["regime"], max_classes)}
-                # Hypothesis does not shrink explicit examples: an anchor case comes back as it is
-                status = "anchor case, kept as it is" if cx.case.case_id in anchors else "shrunk"
-                row.update(
-                    status=status, reproducer=cx.case.case_id, shape=str(tuple(cx.case.logits.shape)),
-                    targets=str(cx.case.targets.tolist()), output=cx.record["output"],
-                    output_bits=cx.record["output_bits"], oracle=cx.record["oracle"], ulps=cx.record["ulps"],
-                    allowance_ratio=cx.record["allowance_ratio"],
-                )  # fmt: skip
-            elif not interrupted:
-                row["status"] = "not reproduced on a second search"  # e.g. a nondeterministic implementation
         rows.append(row)
+        left = seconds - (time.perf_counter() - start)
+        subject, case = by_name.get(cell["impl"]), cases.get(cell["_start"])
+        if left <= 0 or interrupted:
+            continue
+        if subject is None or case is None:
+            row["status"] = "not shrunk: its failing case is not stored"
+            continue
+        # an even share of what is left: the first pass's cells among themselves, then the rest
+        share = first_pass - index if cell["_first"] else len(cells) - index
+        budget = min(CELL_SHRINK_SECONDS, left / max(share, 1))
+        try:
+            fails = same_failure(subject, cell["outcome"], policy, caller)
+            record = fails(case)
+            if record is None:
+                row["status"] = "not reproduced: the implementation passed its failing case again"
+                continue
+            found = minimize(case, record, fails, seconds=budget)
+        except KeyboardInterrupt:
+            interrupted = True
+            continue
+        shrunk[found.case.case_id] = found.case
+        status = "shrunk" if found.reduced else "minimal as drawn"
+        if not found.complete:
+            status += " (time budget spent)"
+        row.update(
+            status=status, reproducer=found.case.case_id, shape=str(tuple(found.case.logits.shape)),
+            targets=_targets_text(found.case), output=found.record["output"], output_bits=found.record["output_bits"],
+            oracle=found.record["oracle"], ulps=found.record["ulps"], allowance_ratio=found.record["allowance_ratio"],
+        )  # fmt: skip
     table = pd.DataFrame(rows, columns=list(REPRODUCER_COLUMNS))
-    return Reproducers(table, cases, interrupted)
+    return Reproducers(table, shrunk, interrupted)
+
+
+def _targets_text(case: Case, limit: int = 16) -> str:
+    targets = case.targets.reshape(-1).tolist()
+    if len(targets) <= limit:
+        return str(case.targets.tolist())
+    return f"{len(targets)} targets, first {targets[:limit]}"

@@ -1,7 +1,8 @@
 """One row builder per regime: each returns a strategy of (row values, target index).
 
-A row is a list of Python floats exactly representable in the format. Builders only
-describe *what* extreme a row exercises; strategies.cases assembles rows into cases.
+A row is a list of Python floats, or a float64 tensor, exactly representable in the
+format. Builders only describe *what* extreme a row exercises; strategies.cases
+assembles rows into cases (and builds the batch, strided and layout regimes' cases whole).
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ from hypothesis import strategies as st
 
 from harness.formats import Format
 from strategies.floats import format_values, near_values, round_to_format, ulp_of
+from strategies.sizes import VOCABULARIES
+from strategies.tiles import tiled_rows
 
-__all__ = ["LARGE_VOCABULARIES", "REGIMES", "row_strategy"]
+__all__ = ["LARGE_VOCABULARIES", "REGIMES", "SMALL_REGIMES", "row_strategy"]
 
-Row = tuple[list[float], int]
+Row = tuple[list[float] | torch.Tensor, int]
 RowBuilder = Callable[[Format, int], st.SearchStrategy[Row]]
 
-LARGE_VOCABULARIES: tuple[int, ...] = (32_000, 32_768, 50_257, 128_256, 256_000)
+LARGE_VOCABULARIES: tuple[int, ...] = VOCABULARIES
 NEG_INF = -math.inf
 
 
@@ -167,9 +170,9 @@ SMALL_REGIMES: dict[str, RowBuilder] = {
 }
 
 
-def _background(draw, fmt: Format, n_classes: int) -> list[float]:
+def _background(draw, fmt: Format, n_classes: int) -> torch.Tensor:
     """Bulk values of a large row, from a seed: Hypothesis only shrinks the few parameters."""
-    kind = draw(st.sampled_from(("flat", "noise", "near_max")))
+    kind = draw(st.sampled_from(("flat", "noise", "near_max", "tiles")))
     generator = torch.Generator().manual_seed(draw(st.integers(0, 2**32 - 1)))
     if kind == "flat":
         # every class equal: the exponential sum is n_classes exactly, where low-precision
@@ -178,11 +181,16 @@ def _background(draw, fmt: Format, n_classes: int) -> list[float]:
     elif kind == "noise":
         scale = draw(st.sampled_from((0.5, 2.0, 8.0)))
         row = torch.randn(n_classes, generator=generator, dtype=torch.float64) * scale
-    else:
+    elif kind == "near_max":
         # uniform just below a common maximum: many terms of the sum are of similar size
         width = draw(st.sampled_from((0.25, 1.0, 4.0)))
         row = -torch.rand(n_classes, generator=generator, dtype=torch.float64) * width
-    return row.to(fmt.dtype).to(torch.float64).tolist()
+    else:
+        # a level per block of classes: where the maximum lies depends on the block, not the position
+        block = draw(st.sampled_from((128, 1024, 4096)))
+        levels = torch.randn(-(-n_classes // block), generator=generator, dtype=torch.float64) * 4
+        row = levels.repeat_interleave(block)[:n_classes] + torch.rand(n_classes, generator=generator)
+    return row.to(fmt.dtype).to(torch.float64)
 
 
 @st.composite
@@ -196,14 +204,14 @@ def _large_vocab(draw, fmt: Format, n_classes: int) -> Row:
         return row, draw(st.integers(0, n_classes - 1))
     planted, planted_target = draw(SMALL_REGIMES[inner](fmt, 8))
     positions = draw(st.lists(st.integers(0, n_classes - 1), min_size=8, max_size=8, unique=True))
-    for pos, value in zip(positions, planted):
-        row[pos] = value
+    row[positions] = torch.tensor(planted, dtype=torch.float64)
     target = positions[planted_target] if draw(st.booleans()) else draw(st.integers(0, n_classes - 1))
     return row, target
 
 
 def large_vocab(fmt: Format, n_classes: int) -> st.SearchStrategy[Row]:
-    """Vocabulary-size rows: a flat, noisy or near-maximum background, often with another regime planted in it."""
+    """Wide rows: a flat, noisy, near-maximum or blockwise background from a seed, usually with
+    another regime's row of 8 values planted in it at drawn positions."""
     return _large_vocab(fmt, n_classes)
 
 
@@ -215,7 +223,21 @@ def layout(fmt: Format, n_classes: int) -> st.SearchStrategy[Row]:
     return st.one_of(*(builder(fmt, n_classes) for builder in SMALL_REGIMES.values()))
 
 
-REGIMES: dict[str, RowBuilder] = {**SMALL_REGIMES, "large_vocab": large_vocab, "layout": layout}
+def tiled(fmt: Format, n_classes: int) -> st.SearchStrategy[Row]:
+    """Tile-structured wide rows (strategies.tiles): per-tile levels, a late maximum, masked tiles."""
+    return tiled_rows(fmt, n_classes)
+
+
+def mixed(fmt: Format, n_classes: int) -> st.SearchStrategy[Row]:
+    """A row from any small regime: one row of a batch, strided or layout case."""
+    return st.one_of(*(builder(fmt, n_classes) for builder in SMALL_REGIMES.values()))
+
+
+# batch, strided and layout cases are built whole by strategies.cases; their rows here are
+# what one of their rows may be, for users who draw rows themselves
+REGIMES: dict[str, RowBuilder] = {
+    **SMALL_REGIMES, "large_vocab": large_vocab, "tiled": tiled, "batch": mixed, "strided": mixed, "layout": layout,
+}  # fmt: skip
 
 
 def row_strategy(regime: str, fmt: Format, n_classes: int) -> st.SearchStrategy[Row]:

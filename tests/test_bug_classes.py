@@ -13,13 +13,17 @@ from harness.formats import FORMATS
 from harness.profiles import resolve_profile
 from harness.search import search
 from strategies import REGIMES
-from tests.implementations import mutants, sound
+from tests.implementations import mutants, sound, tiled
 
 SOUND = {
     "torch_ce": ("bfloat16", "float32", "float64"),  # float16: see the overflow test below
     "upcast_float32": ("float16", "bfloat16", "float32", "float64"),
     "cross_entropy_from_scratch": ("float32", "float64"),
 }
+ALL_DTYPES = ("float16", "bfloat16", "float32", "float64")
+# online-softmax kernels over tiles (tests/implementations/tiled.py), at the smallest and largest
+# tile size the default budget must reach; scripts/catch_rates.py measures every size over seeds
+TILED = [f"{variant}_{tile}" for variant in tiled.VARIANTS for tile in (1024, 8192)]
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +36,7 @@ def default_budget_records() -> pd.DataFrame:
     """
     implementations = [load_implementation(f"tests.implementations.mutants:{name}") for name in mutants.BUG_CLASSES]
     implementations += [load_implementation(f"tests.implementations.sound:{name}") for name in SOUND]
+    implementations += [load_implementation(f"tests.implementations.tiled:{name}") for name in TILED]
     found = search(list(FORMATS.values()), list(REGIMES), implementations, profile=resolve_profile("dev"))
     records = pd.DataFrame(found.records)
     records["impl"] = records["impl"].str.rsplit(":", n=1).str[-1]
@@ -43,6 +48,21 @@ def test_default_budget_flags_every_bug_class(default_budget_records, bug):
     mine = default_budget_records[default_budget_records["impl"] == bug]
     flagged = set(mine.loc[mine["verdict"] == "unstable", "dtype"])
     assert set(mutants.BUG_CLASSES[bug]) <= flagged
+
+
+@pytest.mark.parametrize("kernel", [name for name in TILED if not name.startswith("sound")])
+def test_default_budget_flags_tiled_kernel_bugs_in_every_dtype(default_budget_records, kernel):
+    """A forgotten rescale of the running sum, and no -inf guard for a fully masked leading tile
+    (flash-attention#1930), at tiles of 1,024 and 8,192 classes: both bite in every dtype."""
+    mine = default_budget_records[default_budget_records["impl"] == kernel]
+    assert set(mine.loc[mine["verdict"] == "unstable", "dtype"]) == set(ALL_DTYPES)
+
+
+@pytest.mark.parametrize("kernel", [name for name in TILED if name.startswith("sound")])
+def test_default_budget_spares_sound_tiled_kernels(default_budget_records, kernel):
+    mine = default_budget_records[default_budget_records["impl"] == kernel]
+    assert len(mine) > 1000 and mine["n_classes"].max() > 100_000
+    assert not (mine["verdict"] == "unstable").any(), mine[mine["verdict"] == "unstable"].head()
 
 
 @pytest.mark.parametrize("name", list(SOUND))
@@ -83,3 +103,13 @@ def test_check_flags_bug_class_on_its_default_budget(bug):
 @pytest.mark.parametrize("name", list(SOUND))
 def test_check_passes_sound_implementation_on_its_default_budget(name):
     assert harness.check(getattr(sound, name), dtypes=SOUND[name]).passed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kernel", [f"{v}_{t}" for v in tiled.VARIANTS for t in tiled.TILE_SIZES])
+def test_check_judges_tiled_kernels_on_their_default_budget(kernel):
+    result = harness.check(getattr(tiled, kernel))
+    if kernel.startswith("sound"):
+        assert result.passed
+    else:
+        assert set(result.records.loc[result.records["verdict"] == "unstable", "dtype"]) == set(ALL_DTYPES)

@@ -155,3 +155,48 @@ def test_layout_output_must_have_the_targets_shape():
     multi = result.records[result.records["n_samples"] > 1]
     assert len(multi) and (multi["outcome"] == "bad_output").all()
     assert multi["message"].str.contains("expected").all()
+
+
+def test_strided_regime_hands_implementations_their_exact_layout():
+    """The implementation receives the drawn strides and storage offset (copy_like), not a contiguous clone."""
+    seen = []
+
+    def recording(logits, targets):
+        seen.append((tuple(logits.stride()), logits.storage_offset(), logits.is_contiguous()))
+        return F.cross_entropy(logits, targets, reduction="none")
+
+    result = harness.check(recording, dtypes=["float32"], regimes=["strided"], examples=12)
+    assert result.passed and seen and not any(contiguous for _, _, contiguous in seen)
+    assert any(offset > 0 for _, offset, _ in seen) and any(stride[0] == 0 for stride, _, _ in seen)
+    broken = harness.check(mutants.ignores_strides, dtypes=["float32"], regimes=["strided"], examples=12)
+    assert not broken.passed and not broken.counterexamples[0].case.contiguous
+
+
+def test_contiguous_only_implementations_get_no_strided_case(tmp_path, capsys):
+    declared = harness.check(mutants.ignores_strides, dtypes=["float32"], examples=3, max_classes=64,
+                             contiguous_only=True)  # fmt: skip
+    assert declared.passed and "strided" not in set(declared.records["regime"])
+    with pytest.raises(ValueError, match="contiguous_only"):
+        harness.check(mutants.ignores_strides, regimes=["strided"], contiguous_only=True)
+
+    def needs_contiguous(logits, targets):
+        assert logits.is_contiguous() and logits.storage_offset() == 0
+        return F.cross_entropy(logits, targets, reduction="none")
+
+    needs_contiguous.contiguous_only = True  # the function attribute, like k_dimensional
+    assert harness.check(needs_contiguous, dtypes=["float64"], examples=3, max_classes=64).passed
+    spec = "tests.implementations.mutants:ignores_strides"
+    out = ["--dtype", "float32", "--examples", "3", "--max-classes", "64", "--quiet", "--out", str(tmp_path)]
+    assert main(["check", spec, "--contiguous-only", *out]) == 0
+    assert main(["check", spec, *out]) == 1
+    assert main(["check", spec, "--contiguous-only", "--regime", "strided", *out]) == 2
+
+
+def test_every_run_prints_what_its_cases_reached(capsys):
+    result = harness.check(sound.torch_ce, dtypes=["bfloat16"], regimes=["tiled", "batch", "moderate"], examples=6)
+    line = result.describe().splitlines()[1]
+    assert line.startswith("coverage: ") and "cases had more than 4,096 classes" in line
+    from harness.api import coverage
+
+    reached = coverage(result.records)
+    assert reached["over_4096_classes"] >= 3 and reached["max_rows"] > 3 and sum(reached["bands"].values()) == 18

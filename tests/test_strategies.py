@@ -27,14 +27,16 @@ def test_every_regime_is_reachable_in_every_dtype(regime, dtype):
         assert case.targets.dtype == torch.int64
         assert case.logits.ndim == (case.targets.ndim + 1) and (case.logits.ndim == 2) == (regime != "layout")
         assert ((case.targets >= 0) & (case.targets < case.n_classes)).all()
+        assert case.contiguous == (regime not in ("strided", "layout")) or regime == "layout"
+        values = case.logits.to(torch.float64)  # every value exact in the format
+        assert torch.equal(values.to(case.dtype).view(case.format.int_dtype), case.logits.view(case.format.int_dtype))
 
 
 @settings(max_examples=40, deadline=None)
 @given(cases(regimes=["layout"], max_classes=16))
 def test_layout_cases_put_the_class_dimension_second(case):
     n, _classes, *extra = case.logits.shape
-    assert 1 <= len(extra) <= 2 and case.targets.shape == (n, *extra)
-    assert case.logits.is_contiguous()
+    assert 1 <= len(extra) <= 3 and case.targets.shape == (n, *extra) and math.prod(extra) <= 64
     # row i of row_logits is the class vector at the i-th target position, row-major
     positions = list(torch.cartesian_prod(*(torch.arange(k) for k in (n, *extra))).reshape(-1, 1 + len(extra)))
     for i, position in enumerate(positions):
@@ -45,13 +47,34 @@ def test_layout_cases_put_the_class_dimension_second(case):
     assert case.n_samples == case.row_logits.shape[0]
 
 
-@settings(max_examples=50)
-@given(cases(max_classes=64))
+@settings(max_examples=50, deadline=None)
+@given(cases(max_classes=300, regimes=["moderate", "special", "strided", "layout", "batch", "tiled"], max_rows=64))
 def test_case_round_trips_exactly(case):
     again = Case.from_json(case.to_json())
     assert again.case_id == case.case_id and again.regime == case.regime
     assert again.logits.shape == case.logits.shape and torch.equal(again.targets, case.targets)
     assert torch.equal(again.logits.view(case.format.int_dtype), case.logits.view(case.format.int_dtype))
+    # the layout too: strides of every dimension longer than 1, and the storage offset
+    assert again.logits.storage_offset() == case.logits.storage_offset() and again.contiguous == case.contiguous
+    assert all(a == b for a, b, n in zip(again.logits.stride(), case.logits.stride(), case.logits.shape) if n > 1)
+
+
+def test_the_same_values_in_another_layout_are_another_case():
+    from strategies import apply_layout
+
+    values = torch.arange(12.0).reshape(3, 4)
+    plain = Case(values, torch.tensor([0, 1, 2]), "strided")
+    ids = {plain.case_id}
+    for kind in ("transposed", "strided", "offset"):
+        laid = Case(apply_layout(values, kind), torch.tensor([0, 1, 2]), "strided")
+        assert torch.equal(laid.logits, values) and not laid.contiguous
+        ids.add(laid.case_id)
+    assert len(ids) == 4
+    data = Case(apply_layout(values, "offset", pad=58, row=1, column=2), torch.tensor([0, 1, 2]), "strided").to_json()
+    assert data["storage_offset"] == 66 and data["strides"] == [64, 1]
+    data["storage_offset"] = 10_000
+    with pytest.raises(ValueError, match="reaches past its storage"):
+        Case.from_json(data)
 
 
 def test_huge_regime_reaches_past_exp_overflow():
@@ -81,7 +104,9 @@ def test_near_values_step_in_ulps(value):
         (lambda: cases(regimes=["bogus"]), "unknown regime"),
         (lambda: cases(regimes=[]), "at least one regime"),
         (lambda: cases(max_classes=1), "max_classes"),
-        (lambda: cases(regimes=["large_vocab"], max_classes=100), "large_vocab needs"),
+        (lambda: cases(regimes=["large_vocab"], max_classes=64), "large_vocab needs"),
+        (lambda: cases(regimes=["tiled"], max_classes=256), "tiled needs"),
+        (lambda: cases(max_rows=0), "max_rows"),
         (lambda: format_values("float16", min_exponent=3, max_exponent=2), "min_exponent"),
         (lambda: near_values("float16", math.inf), "not finite"),
     ],

@@ -1,6 +1,7 @@
 """Call an implementation under test defensively.
 
-Every call gets fresh copies of the inputs, on the requested device, in a worker thread
+Every call gets fresh copies of the inputs, laid out as the case's (strides and storage
+offset kept, harness.calling.layout.copy_like), on the requested device, in a worker thread
 with a timeout. The output is validated (a tensor of the right shape, dtype and device),
 the input is compared bit for bit with a pristine copy (in-place writes), and the call
 is repeated to catch nondeterminism. Whatever goes wrong becomes a failure outcome.
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from harness.calling.layout import copy_like
 from harness.calling.registry import Implementation
 from harness.formats import format_of
 from strategies import Case
@@ -98,8 +100,9 @@ class Caller:
         if hung is not None and hung.is_alive():
             return self._fail("timeout", "skipped: a call that timed out earlier is still running", 0.0)
         self._hung.pop(impl.name, None)
-        pristine = case.logits.clone()
-        logits, targets = case.logits.clone().to(self.device), case.targets.clone().to(self.device)
+        # copies laid out exactly as the case's logits (strides, storage offset), not contiguous clones
+        pristine = copy_like(case.logits)
+        logits, targets = copy_like(case.logits).to(self.device), case.targets.clone().to(self.device)
         value, error, timed_out, seconds = self._run(impl, logits, targets)
         if timed_out:
             return self._fail("timeout", f"no answer within {self.timeout:g} s", seconds)
@@ -112,7 +115,7 @@ class Caller:
             return self._fail("mutated_input", "modified its input logits in place", seconds)
         output = value.detach().cpu()
         if self.repeat:
-            again, error, timed_out, more = self._run(impl, pristine.clone().to(self.device), targets.clone())
+            again, error, timed_out, more = self._run(impl, copy_like(pristine).to(self.device), targets.clone())
             seconds += more
             if timed_out:
                 return self._fail("timeout", f"second call: no answer within {self.timeout:g} s", seconds)

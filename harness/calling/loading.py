@@ -1,7 +1,11 @@
 """Resolve an IMPL spec: a built-in name, ``module:function`` or ``path/to/file.py:function``.
 
 A user function that also takes (N, C, d1, ..., dk) logits says so with an attribute,
-``fn.k_dimensional = True``; it then gets layout-regime cases too.
+``fn.k_dimensional = True``; it then gets layout-regime cases too. One that needs
+contiguous logits says ``fn.contiguous_only = True``; it then gets no strided case.
+A ``file.py:function`` spec is resolved against the working directory it is loaded from:
+the implementation's name and source are ``/absolute/path/file.py:function``, so reports
+(which store them) replay, resume and merge from any working directory.
 """
 
 from __future__ import annotations
@@ -47,8 +51,10 @@ def load_implementation(spec: str) -> Implementation:
             f"unknown implementation {spec!r}: use a built-in name ({', '.join(REGISTRY.names())}), "
             "module:function or path/to/file.py:function"
         )
+    source = spec
     if target.endswith(".py") or "/" in target or "\\" in target:
         module = _load_file(Path(target), spec)
+        source = f"{Path(target).resolve()}:{attr}"
     else:
         try:
             module = importlib.import_module(target)
@@ -62,9 +68,10 @@ def load_implementation(spec: str) -> Implementation:
     if not callable(fn):
         raise LoadError(f"cannot load {spec!r}: {attr} is not callable")
     return Implementation(
-        spec,
+        source,
         fn,
-        source=spec,
+        source=source,
         description=(fn.__doc__ or "").strip().split("\n")[0],
         k_dimensional=bool(getattr(fn, "k_dimensional", False)),
+        contiguous_only=bool(getattr(fn, "contiguous_only", False)),
     )

@@ -37,12 +37,19 @@ class Implementation:
     # Accepts (N, C, d1, ..., dk) logits with (N, d1, ..., dk) targets, as torch's
     # cross_entropy does; only such implementations get layout-regime cases.
     k_dimensional: bool = False
+    # Needs contiguous logits with no storage offset (a kernel handed data_ptr() alone);
+    # such implementations get no strided-regime case, and no other non-contiguous case.
+    contiguous_only: bool = False
 
     def supports(self, dtype: torch.dtype) -> bool:
         return dtype in self.dtypes
 
     def supports_case(self, case: Case) -> bool:
-        return self.supports(case.dtype) and (case.logits.ndim == 2 or self.k_dimensional)
+        return (
+            self.supports(case.dtype)
+            and (case.logits.ndim == 2 or self.k_dimensional)
+            and (case.contiguous or not self.contiguous_only)
+        )
 
 
 class Registry:
@@ -64,11 +71,12 @@ class Registry:
         dtypes: tuple[torch.dtype, ...] = ALL_DTYPES,
         description: str = "",
         k_dimensional: bool = False,
+        contiguous_only: bool = False,
     ):
         """Decorator form of register() for a function defined in place."""
 
         def wrap(fn: LossFn) -> LossFn:
-            self.register(Implementation(name, fn, dtypes, "built-in", description, k_dimensional))
+            self.register(Implementation(name, fn, dtypes, "built-in", description, k_dimensional, contiguous_only))
             return fn
 
         return wrap

@@ -111,10 +111,8 @@ def run_audit(
     reproducers = None
     if not found.interrupted and settings.shrink_seconds > 0:
         checkpoint(found)  # nothing lost if shrinking is cut short
-        reproducers = shrink_failures(
-            records, implementations, profile=settings.budget, seed=settings.seed, examples=settings.examples,
-            max_classes=settings.max_classes, policy=settings.policy, caller=caller, seconds=settings.shrink_seconds,
-        )  # fmt: skip
+        reproducers = shrink_failures(records, implementations, found.cases, policy=settings.policy, caller=caller,
+                                      seconds=settings.shrink_seconds)  # fmt: skip
         found.interrupted = reproducers.interrupted
     extra = {}
     if settings.precision and len(records):

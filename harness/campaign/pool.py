@@ -17,6 +17,7 @@ from harness.campaign.merge import merge_reports
 from harness.campaign.report import EXIT_INTERRUPTED, AuditReport
 from harness.campaign.settings import AuditSettings, SettingsError
 from harness.shrinking import Reproducers, shrink_failures
+from reports.store import load_cases
 
 __all__ = ["run_in_pool"]
 
@@ -24,7 +25,7 @@ __all__ = ["run_in_pool"]
 def _cell_cost(cell: tuple[str, str]) -> int:
     """A rough rank of a cell's cost, so the pool starts the slowest cells first."""
     dtype, regime = cell
-    return (regime == "large_vocab") * 2 + (dtype == "float64")
+    return (regime in ("large_vocab", "tiled", "batch")) * 2 + (dtype == "float64")
 
 
 def _run_cell(settings: dict, folder: str, command: str) -> int:
@@ -78,11 +79,11 @@ def run_in_pool(
     def shrink(records: pd.DataFrame) -> Reproducers | None:
         if settings.shrink_seconds <= 0 or interrupted:
             return None
-        return shrink_failures(
-            records, implementations, profile=settings.budget, seed=settings.seed, examples=settings.examples,
-            max_classes=settings.max_classes, policy=settings.policy, caller=Caller(timeout=settings.timeout),
-            seconds=settings.shrink_seconds,
-        )  # fmt: skip
+        stored = {}
+        for folder in finished:  # every failing case of a cell is stored in its folder
+            stored.update(load_cases(folder))
+        return shrink_failures(records, implementations, stored, policy=settings.policy,
+                               caller=Caller(timeout=settings.timeout), seconds=settings.shrink_seconds)  # fmt: skip
 
     report = merge_reports(finished, out, cells=[cells[i] for i in mine], shrink=shrink, shard=settings.shard)
     report.interrupted = report.interrupted or interrupted

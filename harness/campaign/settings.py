@@ -19,7 +19,7 @@ from harness.calling.registry import REGISTRY, Implementation
 from harness.formats import FORMATS, Format, parse_dtype
 from harness.grading.verdicts import Policy
 from harness.profiles import Profile, resolve_profile
-from strategies import REGIMES
+from strategies import REGIMES, regime_fits
 
 __all__ = ["DEFAULT_SHRINK_SECONDS", "AuditSettings", "SettingsError", "audit_settings"]
 
@@ -147,6 +147,7 @@ def audit_settings(
         impls = list(registry)
     limit = max_classes or budget.max_classes
     takes_layout = any(impl.k_dimensional for impl in impls)
+    takes_strided = any(not impl.contiguous_only for impl in impls)
     if regimes:
         unknown = [r for r in regimes if r not in REGIMES]
         if unknown:
@@ -156,9 +157,19 @@ def audit_settings(
                 "regime 'layout' needs an implementation that takes (N, C, d1, ...) logits "
                 "(declare it with fn.k_dimensional = True, or check --k-dimensional)"
             )
+        if "strided" in regimes and not takes_strided:
+            raise SettingsError(
+                "regime 'strided' draws non-contiguous logits and every implementation declares contiguous_only"
+            )
+        too_small = [r for r in regimes if not regime_fits(r, limit)]
+        if too_small:
+            raise SettingsError(f"regime {too_small[0]!r} cannot draw cases of at most {limit} classes")
         chosen = list(regimes)
     else:
-        chosen = [r for r in REGIMES if (r != "large_vocab" or limit >= 1024) and (r != "layout" or takes_layout)]
+        chosen = [
+            r for r in REGIMES
+            if regime_fits(r, limit) and (r != "layout" or takes_layout) and (r != "strided" or takes_strided)
+        ]  # fmt: skip
     settings = AuditSettings(
         implementations=tuple(_spec(i) for i in impls), dtypes=tuple(f.name for f in formats), regimes=tuple(chosen),
         profile=budget.name, examples=examples or budget.examples, max_classes=limit, seed=seed, max_ulps=max_ulps,

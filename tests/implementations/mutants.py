@@ -98,6 +98,62 @@ def flatten_ignoring_layout(logits, targets):
 flatten_ignoring_layout.k_dimensional = True
 
 
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """float32 for 16-bit and float32 inputs, float64 for float64: a sound kernel's accumulator."""
+    return x.double() if x.dtype == torch.float64 else x.float()
+
+
+def low_precision_batch_mean(logits, targets):
+    """Sound per-row losses, averaged by a running sum over rows in the input dtype.
+
+    Right at 3 rows; at thousands the float16 sum stalls or overflows and a bfloat16 one
+    stalls (256 + 1 = 256), so only many-row batches show it.
+    """
+    losses = F.cross_entropy(_wide(logits), targets, reduction="none").to(logits.dtype)
+    total = torch.zeros((), dtype=logits.dtype)
+    for loss in losses:
+        total = total + loss
+    return total / losses.numel()
+
+
+def blocked_positions(logits, targets):
+    """(N, C, d1, ...) logits: a vectorized path for 16 or more positions whose 16th lane of
+    every block reads the 15th lane's normalizer (cf. pytorch#158310: wrong only from 16 positions)."""
+    x = _wide(logits)
+    top = x.max(dim=1).values  # (N, d1, ...)
+    log_sum = torch.log(torch.exp(x - top.unsqueeze(1)).sum(dim=1))
+    picked = x.gather(1, targets.unsqueeze(1)).squeeze(1)
+    loss = (top - picked).reshape(logits.shape[0], -1)
+    norm = log_sum.reshape(logits.shape[0], -1)
+    if norm.shape[1] >= 16:
+        lanes = norm[:, 15::16].shape[1]
+        norm, loss = norm.clone(), loss.clone()
+        loss[:, 15::16] += top.reshape(loss.shape)[:, 14::16][:, :lanes] - top.reshape(loss.shape)[:, 15::16]
+        norm[:, 15::16] = norm[:, 14::16][:, :lanes]
+    return (loss + norm).reshape(targets.shape).to(logits.dtype)
+
+
+blocked_positions.k_dimensional = True
+
+
+def drops_last_class_odd_wide(logits, targets):
+    """A row-per-warp kernel whose strided loop skips the last class of odd widths above 512
+    (cf. pytorch#147284: wrong only for odd widths between 513 and 1023)."""
+    width = logits.shape[1]
+    x = _wide(logits)
+    top = x.max(dim=1, keepdim=True).values
+    summed = x[:, : width - 1] if width > 512 and width % 2 else x
+    log_sum = torch.log(torch.exp(summed - top).sum(dim=1))
+    return ((top.squeeze(1) - x[torch.arange(x.shape[0]), targets]) + log_sum).to(logits.dtype)
+
+
+def ignores_strides(logits, targets):
+    """Reads the logits' storage as if rows were contiguous (a kernel handed data_ptr() alone)."""
+    n, c = logits.shape
+    raw = logits.as_strided((n, c), (c, 1), logits.storage_offset())
+    return F.cross_entropy(_wide(raw), targets, reduction="none").to(logits.dtype)
+
+
 # name → the dtypes where the bug bites (check must flag it there)
 BUG_CLASSES = {
     "no_max_shift": ("float16", "bfloat16", "float32", "float64"),
@@ -113,4 +169,8 @@ BUG_CLASSES = {
     "finite_mask_sentinel": ("float16", "bfloat16", "float32", "float64"),
     "rounded_lse_then_subtract": ("float16", "bfloat16", "float32", "float64"),
     "flatten_ignoring_layout": ("float16", "bfloat16", "float32", "float64"),  # layout regime only
+    "low_precision_batch_mean": ("float16", "bfloat16"),  # batches of thousands of rows
+    "blocked_positions": ("float16", "bfloat16", "float32", "float64"),  # layout, 16 positions or more
+    "drops_last_class_odd_wide": ("float32", "float64"),  # odd widths 513-1023
+    "ignores_strides": ("float16", "bfloat16", "float32", "float64"),  # non-contiguous logits
 }
