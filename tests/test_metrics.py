@@ -95,8 +95,9 @@ def test_accepted_outcomes_for_an_overflowing_mean():
 def test_no_ok_verdict_carries_a_failure_outcome(outputs, oracles, special, accept):
     """Whatever the inputs, a failure outcome is unstable, and ok/inaccurate come with a non-failure outcome."""
     n = len(outputs)
+    flags = {"special_input": np.array(special[:n]), "accept_nonfinite": np.array(accept[:n])}
     m = measure(torch.tensor(outputs, dtype=torch.float16), _oracle(*oracles[:n]), torch.float16,
-                allowed=np.full(n, 1e-3), special_input=np.array(special[:n]), accept_nonfinite=np.array(accept[:n]))  # fmt: skip
+                allowed=np.full(n, 1e-3), **flags)  # fmt: skip
     assert m["outcome"] in OUTCOMES
     if m["outcome"] in FAILURE_OUTCOMES:
         assert m["verdict"] == "unstable"

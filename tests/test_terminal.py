@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-
 import contextlib
 import io
+
+import pytest
 
 from harness.cli import main
 
