@@ -39,6 +39,7 @@ __all__ = [
     "ACCUMULATOR_ROUNDOFF",
     "SAFETY",
     "family_allowance",
+    "gradient_allowance",
     "loss_allowance",
     "reduction_allowance",
     "working_roundoff",
@@ -156,3 +157,73 @@ def family_allowance(op: str, rows: torch.Tensor, fmt_in: Format, fmt_out: Forma
         p = torch.exp(-a)
         tiny = fmt_out.smallest_subnormal  # an underflowing element may flush to its nearest neighbour
         return (SAFETY * p * (u_w * (a + 3) + n * u_acc) + u_extra * p + tiny).numpy()
+
+
+def gradient_allowance(
+    rows: torch.Tensor,
+    targets: torch.Tensor | None,
+    probs: torch.Tensor | None,
+    options: LossOptions,
+    factors: np.ndarray,
+    fmt_in: Format,
+    fmt_out: Format,
+) -> np.ndarray:
+    """Per-element allowance of the gradient with respect to (N, C) logits (harness.oracle.gradient).
+
+    A stable backward computes in at least float32 (float64 for float64 logits) and rounds
+    once to the gradient's dtype: u_w = min(u_in, 2**-24). Each element
+    g' ((K + 2 z lse) p_j − coef_j) then errs by at most g' times: the softmax element's
+    error Δp_j = p_j (u_w (A_j + 3) + n u_acc) (BHH Thm 4.3) scaled by its factor, the
+    subtraction of coef_j (u_w of both terms), z-loss's e(lse) p_j and the capped logits'
+    4 u_w c, and the products' roundings; rounding to the output adds u_out |grad|, and an
+    underflowing element may flush to its nearest subnormal. ``factors``: each row's
+    upstream factor g'_i (0 for ignored samples).
+    """
+    n_rows, n = rows.shape
+    u_w = min(fmt_in.unit_roundoff, ACCUMULATOR_ROUNDOFF)
+    u_acc = u_w
+    u_out = fmt_out.unit_roundoff
+    x = rows.detach().to(device="cpu", dtype=torch.float64)
+    raw = x
+    if options.softcap is not None:
+        x = options.softcap * torch.tanh(x / options.softcap)
+    a, lse, _ = _shifted(x)
+    p = torch.where(torch.isfinite(a), torch.exp(-a), 0.0)
+    finite_a = torch.where(torch.isfinite(a), a, 0.0)
+    dp = p * (u_w * (finite_a + 3) + n * u_acc)
+    w = torch.tensor(options.class_weights(n), dtype=torch.float64)
+    eps, z = options.label_smoothing, options.z_loss
+    e_lse = (u_w * (lse.abs() + math.log(n) + 2) + n * u_acc).unsqueeze(1)
+    zl = (2 * z * lse).unsqueeze(1)
+    if probs is None:
+        t = targets.to(torch.int64)
+        safe_t = torch.where(t == options.ignore_index, 0, t)
+        one_hot = torch.zeros_like(p)
+        one_hot[torch.arange(n_rows), safe_t] = 1.0
+        alpha = ((1 - eps) * w[safe_t]).unsqueeze(1)
+        pm = p - one_hot
+        w_sum = w.sum()
+        share = eps / n
+        grad = alpha * pm + share * (w_sum * p - w) + zl * p
+        err = alpha * (dp + u_w * pm.abs()) + 2 * u_w * (alpha * pm).abs()
+        err = err + share * (w_sum * dp + n * u_acc * w_sum * p + u_w * (w_sum * p + w))
+        k = alpha + share * w_sum
+        magnitude = (alpha * pm).abs() + share * (w_sum * p + w)
+    else:
+        y = probs.detach().to(device="cpu", dtype=torch.float64)
+        coef = w * ((1 - eps) * y + eps / n)
+        k = coef.sum(dim=1, keepdim=True)
+        grad = (k + zl) * p - coef
+        err = k * dp + p * n * u_acc * k + 3 * u_w * coef + u_w * (k * p + coef)
+        magnitude = k * p + coef
+    if z:
+        err = err + zl.abs() * dp + 2 * z * p * e_lse + 2 * u_w * (zl * p).abs()
+        magnitude = magnitude + (zl * p).abs()
+    err = err + u_w * magnitude
+    if options.softcap is not None:
+        s = torch.where(torch.isinf(raw), 0.0, 1.0 / torch.cosh(raw / options.softcap) ** 2)
+        err = s * (err + 4 * u_w * grad.abs() + 8 * u_w * options.softcap * p * (k + zl.abs()))
+        grad = s * grad
+    up = torch.as_tensor(np.abs(factors), dtype=torch.float64).unsqueeze(1)
+    total = SAFETY * up * err * (1 + 2 * u_w) + u_out * (up * grad).abs() + fmt_out.smallest_subnormal
+    return total.numpy()
