@@ -95,8 +95,16 @@ def _lse_parts(x: np.ndarray, options: LossOptions, prec: int):
     else:
         l_lo = l_hi = gmpy2.mpfr(0)
     m = exact(m_value)[0]
-    points = {float(v): ((p := _double(float(v))), p) for v in values.tolist() if v != -math.inf}
-    return m, (l_lo, l_hi), points
+    return m, (l_lo, l_hi), _ExactPoints()
+
+
+class _ExactPoints(dict):
+    """x' = x for exact logits: each value's point interval, made when first asked for."""
+
+    def __missing__(self, value: float) -> Interval:
+        point = _double(value)
+        self[value] = (point, point)
+        return point, point
 
 
 def _counts(x: np.ndarray, values: np.ndarray) -> list[int]:
@@ -166,9 +174,10 @@ def _row_terms(sample: Sample, options: LossOptions, prec: int, indices: list[in
     m, log_s, xprime = _lse_parts(x, options, prec)
     eps, z = options.label_smoothing, options.z_loss
     weights = [_double(w) for w in options.class_weights(n)]
-    a_of = {v: _a_interval(m, log_s, xv, prec) for v, xv in xprime.items()}
-    p_of = {v: _exp_neg(a, prec) for v, a in a_of.items()}
     zero = (gmpy2.mpfr(0), gmpy2.mpfr(0))
+    needed = {float(x[j]) for j in indices} | ({float(x[sample.target])} if sample.probs is None else set())
+    a_of = {v: _a_interval(m, log_s, xprime[v], prec) for v in needed if v != -math.inf or options.softcap}
+    p_of = {v: _exp_neg(a, prec) for v, a in a_of.items()}
     with gmpy2.context(precision=prec, round=_DOWN):
         share_lo = gmpy2.mpfr(eps) / n
     with gmpy2.context(precision=prec, round=_UP):
