@@ -12,25 +12,42 @@ from harness.formats import bit_pattern, format_of, ulp_distance
 from harness.grading.verdicts import VERDICTS, Policy, judge
 from harness.oracle import OracleValue
 
-__all__ = ["FAILURE_OUTCOMES", "OUTCOMES", "measure"]
+__all__ = ["ACCEPTED_OUTCOMES", "FAILURE_OUTCOMES", "OUTCOMES", "OUTCOME_MEANINGS", "accept_outcomes", "measure"]
 
-# Outcome categories, from best to worst. Numeric outcomes compare a returned value
-# with the oracle; the last ones say the implementation gave no value to compare.
-OUTCOMES: tuple[str, ...] = (
-    "exact",  # equal to the correctly rounded loss (NaN for NaN, inf for inf)
-    "finite_error",  # finite, and off by at least one ULP
-    "uncertified",  # the oracle could not decide the rounding within its cap: not graded
-    "missing_nonfinite",  # the oracle is inf or NaN, the output is finite
-    "spurious_inf",  # the output is infinite where the oracle is not
-    "spurious_nan",  # the output is NaN where the oracle is not
-    "nondeterministic",  # a second call on the same input answered differently
-    "mutated_input",  # it wrote into its input logits
-    "bad_output",  # not a tensor, or the wrong shape, dtype or device
-    "timeout",  # no answer within the per-call timeout
-    "raised",  # the implementation raised an exception (message kept)
-)
-FAILURE_OUTCOMES = frozenset(OUTCOMES[3:])
+# Outcome categories, from best to worst, each with what it means (reports show these
+# words). Numeric outcomes compare a returned value with the oracle; the accepted ones
+# are non-finite answers the verdicts accept (issue 17: an ok verdict never carries a
+# failure's name); the last ones say the implementation gave no value to compare.
+OUTCOME_MEANINGS: dict[str, str] = {
+    "exact": "equal to the correctly rounded loss (NaN for NaN, inf for inf)",
+    "accepted_nan": "NaN where the exact limit is +inf (a +inf logit), or a mean whose rows overflow: accepted",
+    "accepted_inf": "inf where a +inf or NaN logit makes the loss NaN, or a mean whose rows overflow: accepted",
+    "finite_error": "finite, and off by at least one ULP",
+    "uncertified": "the oracle could not decide the rounding within its cap: not graded",
+    "missing_nonfinite": "the oracle is inf or NaN, the output is finite",
+    "spurious_inf": "the output is infinite where the oracle is not",
+    "spurious_nan": "the output is NaN where the oracle is not",
+    "nondeterministic": "a second call on the same input answered differently",
+    "mutated_input": "it wrote into its input logits",
+    "bad_output": "not a tensor, or the wrong shape, dtype or device",
+    "timeout": "no answer within the per-call timeout",
+    "raised": "the implementation raised an exception (message kept)",
+}
+OUTCOMES: tuple[str, ...] = tuple(OUTCOME_MEANINGS)
+ACCEPTED_OUTCOMES = frozenset({"accepted_nan", "accepted_inf"})
+# every outcome after "uncertified" is a failure, including any added later at the end
+FAILURE_OUTCOMES = frozenset(OUTCOMES[OUTCOMES.index("uncertified") + 1 :])
 _SEVERITY = {name: rank for rank, name in enumerate(OUTCOMES)}
+# a non-finite answer the verdict accepts is renamed; it is no spurious result
+_ACCEPTED_AS = {"spurious_nan": "accepted_nan", "spurious_inf": "accepted_inf"}
+
+
+def accept_outcomes(outcomes: np.ndarray, verdicts: np.ndarray) -> np.ndarray:
+    """Outcomes with each spurious inf/NaN that the verdict accepts (``ok``) renamed accepted_inf/accepted_nan."""
+    renamed = np.asarray(outcomes, dtype=object).copy()
+    for failure, accepted in _ACCEPTED_AS.items():
+        renamed[(renamed == failure) & (np.asarray(verdicts) == "ok")] = accepted
+    return renamed.astype(str)
 
 
 def _outcomes(out: np.ndarray, ref: np.ndarray, ulps: np.ndarray, certified: np.ndarray) -> np.ndarray:
@@ -83,6 +100,7 @@ def measure(
     allowed = np.full(len(out), math.inf) if allowed is None else np.broadcast_to(allowed, out.shape)
     special_input = np.zeros(len(out), dtype=bool) if special_input is None else special_input
     verdicts, ratio = judge(outcomes, ulps, abs_error, allowed, out, special_input, policy, accept_nonfinite)
+    outcomes = accept_outcomes(outcomes, verdicts)
     severity = np.array([_SEVERITY[o] for o in outcomes])
     verdict_rank = np.array([VERDICTS.index(v) for v in verdicts])
     worst = int(np.lexsort((ulps, np.nan_to_num(ratio, posinf=1e300), severity, verdict_rank))[-1])
