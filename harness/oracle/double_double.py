@@ -22,6 +22,12 @@ Every function works elementwise on arrays of any shape (and on scalars); the fu
 marked ``compilable`` are also compiled into numba kernels when numba is installed
 (harness.oracle.dd_kernels), so both paths run the same IEEE operations in the same order.
 
+For softmax elements (gradients): p_j = exp((x_j - m) - log S) is ``exp_dd`` of a
+double-double argument (two_sum of x_j - m's parts and -log S's), within EXP_REL plus
+the argument's own error; the target entry -(1 - p_t) is (S - e_t) / S with S - e_t
+summed directly over j != t (``sum_rows`` on the terms with the target's set to 0: the
+maximum's 1 included when t != k), so it never cancels.
+
 Libraries considered: xprec (double-double NumPy dtype) and torch-dd give dd arithmetic
 but no proved error bounds for exp/log; python-flint (Arb) gives rigorous balls but one
 Python call per element, no faster than the MPFR tier; accupy gives accurate sums only.
