@@ -164,3 +164,32 @@ def test_float64_gradient_tier_declines_close_calls():
             out = gradient(row, torch.tensor([1]), None, LossOptions(), upstream, F16)
             assert out.value[0, 0] == _round(truth, F16)
     assert below and above, f"too few traps ({below} below, {above} above)"
+
+
+@pytest.mark.parametrize("op", ["logsumexp", "log_softmax", "softmax", "gradient"])
+def test_double_double_elements_agree_with_mpfr_on_large_float64_rows(op, monkeypatch):
+    """The double-double per-element tier decides float64 outputs; MPFR alone gives the same bits."""
+    import harness.oracle.family as family_module
+    import harness.oracle.gradient as gradient_module
+    from harness.oracle.family import family
+
+    generator = torch.Generator().manual_seed(4)
+    rows = torch.randn(2, 3000, generator=generator, dtype=torch.float64) * 4
+    rows[0, :50] = -INF
+    rows[1, 7] = rows[1].max() + 30  # a confident row
+    targets = torch.tensor([60, 7])
+    upstream = torch.tensor([1.0, -0.25], dtype=torch.float64)
+
+    def run():
+        if op == "gradient":
+            return gradient(rows, targets, None, LossOptions(), upstream, F64)
+        return family(op, rows, F64)
+
+    tiered = run()
+    assert (tiered.method == "double-double").mean() > 0.9
+    shape = (2,) if op == "logsumexp" else (2, 3000)
+    monkeypatch.setattr(family_module, "family_dd", lambda *a: (np.zeros(shape, bool),) * 3)
+    monkeypatch.setattr(gradient_module, "gradient_dd", lambda r, *a: (np.zeros(r.shape, bool),) * 3)
+    slow = run()
+    assert not (slow.method == "double-double").any()
+    assert np.array_equal(tiered.value, slow.value, equal_nan=True)

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 
 from harness.formats import FORMATS, Format
+from harness.oracle.dd_elements import family_dd
+from harness.oracle.dd_tier import METHOD, PRECISION
 from harness.oracle.fast_tier import LIBM_ULPS, TINY, U, _neighbours
 from harness.oracle.intervals import round_mpfr
 from harness.oracle.mpfr_tier import START_GUARD_BITS, _exp_sum_bounds
@@ -252,6 +254,12 @@ def family(op: str, rows: torch.Tensor, fmt: Format) -> OracleArray:
         out.value[ok], out.exact[ok], out.certified[ok] = value[ok], estimate[ok], True
         out.precision[ok], out.method[ok] = 53, "float64"
         pending = ~ok
+    if pending.any() and rows.numel():
+        ok, value, estimate = family_dd(op, rows, fmt)
+        ok &= pending
+        out.value[ok], out.exact[ok], out.certified[ok] = value[ok], estimate[ok], True
+        out.precision[ok], out.method[ok] = PRECISION, METHOD
+        pending &= ~ok
     table = rows.to(torch.float64).numpy()
     for i in range(shape[0]):
         row_pending = pending[i]

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 
 from harness.formats import FORMATS, Format
+from harness.oracle.dd_elements import gradient_dd
+from harness.oracle.dd_tier import METHOD, PRECISION
 from harness.oracle.family import OracleArray
 from harness.oracle.fast_tier import LIBM_ULPS, TINY, U, _neighbours
 from harness.oracle.intervals import Interval, exact, iadd, imul, iscale, round_mpfr
@@ -440,6 +442,13 @@ def gradient(
         out.value[ok], out.exact[ok], out.certified[ok] = value[ok], estimate[ok], True
         out.precision[ok], out.method[ok] = 53, "float64"
         pending = ~ok
+    exact_factors = options.reduction != "mean"  # g / W is not a double: the MPFR tier takes the mean's rows
+    if pending.any() and probs is None and options.plain and exact_factors and options.softcap is None:
+        ok, value, estimate = gradient_dd(rows, targets, up64.numpy(), options.ignore_index, fmt)
+        ok &= pending
+        out.value[ok], out.exact[ok], out.certified[ok] = value[ok], estimate[ok], True
+        out.precision[ok], out.method[ok] = PRECISION, METHOD
+        pending &= ~ok
     for i in range(n_rows):
         if pending[i].any():
             _mpfr_row(samples[i], options, factors[i], fmt, out, i, pending[i])
