@@ -66,6 +66,15 @@ def _outcomes(out: np.ndarray, ref: np.ndarray, ulps: np.ndarray, certified: np.
     )
 
 
+def _oracle_arrays(oracle) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(values, exact values, certified) of a sequence of OracleValue, or of an OracleArray (flattened)."""
+    if hasattr(oracle, "certified") and isinstance(oracle.certified, np.ndarray):
+        return (np.asarray(oracle.value, dtype=np.float64).reshape(-1),
+                np.asarray(oracle.exact, dtype=np.float64).reshape(-1), oracle.certified.reshape(-1))  # fmt: skip
+    return (np.array([v.value for v in oracle], dtype=np.float64), np.array([v.exact for v in oracle], dtype=np.float64),
+            np.array([v.certified for v in oracle], dtype=bool))  # fmt: skip
+
+
 def measure(
     output: torch.Tensor,
     oracle: Sequence[OracleValue],
@@ -76,18 +85,18 @@ def measure(
     accept_nonfinite: np.ndarray | None = None,
     policy: Policy = Policy(),
 ) -> dict:
-    """Metrics and verdict of the worst sample of ``output`` (shape (N,) or a scalar) against ``oracle``.
+    """Metrics and verdict of the worst element of ``output`` (any shape, flattened) against ``oracle``.
 
-    ``dtype`` is the case's dtype; ULPs are counted there. ``allowed`` is the stability
+    ``oracle``: a sequence of OracleValue, or an OracleArray of the same number of
+    elements. ``dtype`` is the dtype the output is graded in; ULPs are counted there. ``allowed`` is the stability
     allowance per sample (default: infinite) and ``special_input`` flags rows holding
     +inf or NaN. Returns a flat dict: output, output_bits, oracle, exact, abs_error,
     rel_error, ulps, bits, outcome, verdict, allowance, allowance_ratio, sample.
     """
     fmt = format_of(dtype)
     computed = output.detach().cpu().reshape(-1).to(fmt.dtype)
-    reference = torch.tensor([v.value for v in oracle], dtype=torch.float64).to(fmt.dtype)
-    exact = np.array([v.exact for v in oracle], dtype=np.float64)
-    certified = np.array([v.certified for v in oracle], dtype=bool)
+    values, exact, certified = _oracle_arrays(oracle)
+    reference = torch.from_numpy(values).to(fmt.dtype)
     ulps = ulp_distance(computed, reference)
     out = computed.to(torch.float64).numpy()
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
@@ -97,8 +106,8 @@ def measure(
         rel_error = np.where(abs_error == 0, 0.0, abs_error / np.abs(exact))
         rel_error = np.where(np.isnan(rel_error), math.inf, rel_error)
     outcomes = _outcomes(out, reference.to(torch.float64).numpy(), ulps, certified)
-    allowed = np.full(len(out), math.inf) if allowed is None else np.broadcast_to(allowed, out.shape)
-    special_input = np.zeros(len(out), dtype=bool) if special_input is None else special_input
+    allowed = np.full(len(out), math.inf) if allowed is None else np.broadcast_to(np.ravel(allowed), out.shape)
+    special_input = np.zeros(len(out), dtype=bool) if special_input is None else np.ravel(special_input)
     verdicts, ratio = judge(outcomes, ulps, abs_error, allowed, out, special_input, policy, accept_nonfinite)
     outcomes = accept_outcomes(outcomes, verdicts)
     severity = np.array([_SEVERITY[o] for o in outcomes])
