@@ -108,6 +108,7 @@ def measure(
     outcomes = _outcomes(out, reference.to(torch.float64).numpy(), ulps, certified)
     allowed = np.full(len(out), math.inf) if allowed is None else np.broadcast_to(np.ravel(allowed), out.shape)
     special_input = np.zeros(len(out), dtype=bool) if special_input is None else np.ravel(special_input)
+    accept_nonfinite = None if accept_nonfinite is None else np.broadcast_to(np.ravel(accept_nonfinite), out.shape)
     verdicts, ratio = judge(outcomes, ulps, abs_error, allowed, out, special_input, policy, accept_nonfinite)
     outcomes = accept_outcomes(outcomes, verdicts)
     severity = np.array([_SEVERITY[o] for o in outcomes])
