@@ -25,9 +25,10 @@ from harness.profiles import resolve_profile
 from harness.runner import RECORD_COLUMNS, run_case
 from harness.search import SELF_CHECK_CASES, Counterexample, SearchResult, oracle_self_check, search
 from harness.user_case import CaseError, load_case
-from strategies import BANDS, REGIMES, Case, band_of, regime_fits
+from reports.stats import coverage_line
+from strategies import REGIMES, Case, regime_fits
 
-__all__ = ["CheckResult", "assert_stable", "check", "coverage", "coverage_line", "describe_counterexample"]
+__all__ = ["CheckResult", "assert_stable", "check", "describe_counterexample"]
 
 REFERENCE = "torch"
 
@@ -82,34 +83,6 @@ class CheckResult:
             lines.append(describe_counterexample(cx, replay_dir))
         lines.extend(f"tool error: {e}" for e in self.errors)
         return "\n".join(lines)
-
-
-def coverage(records: pd.DataFrame) -> dict:
-    """What a run's cases reached: counts per class-count band (strategies.BANDS) and of wide,
-    many-row, non-contiguous (strided regime) and K-dimensional cases. One record per case counts."""
-    per_case = records.drop_duplicates("case_id")
-    bands = per_case["n_classes"].map(band_of).value_counts()
-    return {
-        "cases": len(per_case),
-        "bands": {name: int(bands.get(name, 0)) for name, _, _ in BANDS},
-        "over_4096_classes": int(per_case["n_classes"].gt(4_096).sum()),
-        "over_64_rows": int(per_case["n_samples"].gt(64).sum()),
-        "max_classes": int(per_case["n_classes"].max()) if len(per_case) else 0,
-        "max_rows": int(per_case["n_samples"].max()) if len(per_case) else 0,
-        "strided": int(per_case["regime"].eq("strided").sum()),
-        "k_dimensional": int(per_case["regime"].eq("layout").sum()),
-    }
-
-
-def coverage_line(records: pd.DataFrame) -> str:
-    """One line for a run's output, e.g. 'coverage: 212 of 1400 cases had more than 4,096 classes; ...'."""
-    c = coverage(records)
-    bands = ", ".join(f"{name}: {n}" for name, n in c["bands"].items())
-    return (
-        f"coverage: {c['over_4096_classes']} of {c['cases']} cases had more than 4,096 classes "
-        f"(up to {c['max_classes']:,}), {c['over_64_rows']} more than 64 samples (up to {c['max_rows']:,}), "
-        f"{c['strided']} non-contiguous, {c['k_dimensional']} K-dimensional; cases per class count: {bands}"
-    )
 
 
 def describe_counterexample(cx: Counterexample, replay_dir: str | None = None) -> str:

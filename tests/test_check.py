@@ -196,7 +196,7 @@ def test_every_run_prints_what_its_cases_reached(capsys):
     result = harness.check(sound.torch_ce, dtypes=["bfloat16"], regimes=["tiled", "batch", "moderate"], examples=6)
     line = result.describe().splitlines()[1]
     assert line.startswith("coverage: ") and "cases had more than 4,096 classes" in line
-    from harness.api import coverage
+    from reports.stats import coverage
 
     reached = coverage(result.records)
     assert reached["over_4096_classes"] >= 3 and reached["max_rows"] > 3 and sum(reached["bands"].values()) == 18
