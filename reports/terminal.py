@@ -164,8 +164,6 @@ def check_text(
     counts = ", ".join(f"{n} {v}" for v, n in result.counts.items() if n)
     status = "PASSED" if result.passed else "FAILED"
     lines = [f"{status}: {result.implementation} on {len(records)} cases ({counts}) in {result.seconds:.1f} s"]
-    if len(records) > 1 and not quiet:
-        lines.append(coverage_line(records))
     shown = result.counterexamples if (verbose or quiet) else result.counterexamples[:FULL_COUNTEREXAMPLES]
     for cx in shown:
         lines += ["", describe_counterexample(cx, replay)]
@@ -197,6 +195,8 @@ def check_text(
             lines.append(worse[columns].to_string(index=False))
     if saved_baseline:
         lines.append(f"baseline saved to {saved_baseline}")
+    if len(records) > 1 and not quiet:  # what the run's cases reached (issue 13)
+        lines.append(coverage_line(records))
     lines.append(f"report: {Path(report_dir) / 'report.html'}")
     return "\n".join(lines)
 

@@ -59,7 +59,7 @@ def test_large_vocab_class_counts_reach_every_band_above_64():
     assert set(VOCABULARIES) & set(counts) and {50_257, 50_304} & set(counts)
     tiled = [n for n in counts if any(n % t in (0, 1, t - 1) and n > t for t in TILE_SIZES[3:])]
     assert {n % 1024 for n in tiled} & {0} and {n % 1024 for n in tiled} & {1} and {n % 1024 for n in tiled} & {1023}
-    assert sum(n > 4_096 for n in counts) > len(counts) / 2  # most of the budget past 4,096 classes
+    assert sum(n > 4_096 for n in counts) > 0.4 * len(counts)  # much of the budget past 4,096 classes
 
 
 def test_tile_counts_are_multiples_plus_or_minus_one():
