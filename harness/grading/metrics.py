@@ -26,7 +26,9 @@ OUTCOMES: tuple[str, ...] = (
     "nondeterministic",  # a second call on the same input answered differently
     "mutated_input",  # it wrote into its input logits
     "bad_output",  # not a tensor, or the wrong shape, dtype or device
-    "timeout",  # no answer within the per-call timeout
+    "timeout",  # no answer within the per-call timeout (the sandbox was killed)
+    "killed_memory",  # the sandbox's resident memory passed the limit (it was killed)
+    "crashed",  # the sandbox died: a signal, a hard exit, sys.exit (the message says which)
     "raised",  # the implementation raised an exception (message kept)
 )
 FAILURE_OUTCOMES = frozenset(OUTCOMES[3:])
