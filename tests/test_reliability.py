@@ -133,6 +133,27 @@ def test_oracle_self_check_disagreement_is_a_tool_error(tmp_path, monkeypatch, c
     assert manifest["tool_errors"] and manifest["oracle_self_checked"] > 0
 
 
+def test_oracle_self_check_covers_vocabulary_size_rows(tmp_path, monkeypatch, capsys):
+    """A fault only on rows of more than 4096 classes (where a patched exp once hid) is caught too."""
+    import harness.oracle.core as oracle_module
+
+    real = oracle_module.certify_rows
+
+    def wrong_on_large_rows(logits, targets, fmt):
+        certified, values, estimates = real(logits, targets, fmt)
+        return (certified, values * 2 + 1, estimates) if logits.shape[1] > 4096 else (certified, values, estimates)
+
+    monkeypatch.setattr(oracle_module, "certify_rows", wrong_on_large_rows)
+    code = main(["audit", "--impl", "torch", "--examples", "2", "--max-classes", "32768", "--dtype", "float32",
+                 "--regime", "large_vocab", "--regime", "moderate", "--quiet", "--shrink-seconds", "0",
+                 "--out", str(tmp_path)])  # fmt: skip
+    assert code == 3
+    errors = json.loads((tmp_path / "manifest.json").read_text())["tool_errors"]
+    records = pd.read_csv(tmp_path / "records.csv", dtype={"case_id": str}).set_index("case_id")
+    flagged = {e.split("case ")[1].split()[0] for e in errors if e.startswith("oracle self-check")}
+    assert flagged and all(records.loc[[c], "n_classes"].iloc[0] > 4096 for c in flagged)
+
+
 SLOW_AUDIT = ["-m", "harness", "audit", "--impl", "tests.implementations.faulty:slow", "--dtype", "float32",
               "--dtype", "float64", "--examples", "6", "--max-classes", "64", "--quiet",
               "--shrink-seconds", "0"]  # fmt: skip

@@ -18,6 +18,13 @@ mean), the logits' dtype and the requested device.
 positional tensors, keyword arguments (tensors, numbers, strings, None) passed by keyword,
 and an optional backward step that returns the gradient of the chosen input.
 
+Compiled kernels: while dynamo reports a compile (torch.compile), the time limit is the
+compile timeout, counted from the compile's start, and the compile time is reported apart
+(``compile_seconds``). Where a compiler is loaded in the worker (dynamo, JAX, Triton,
+numba, ...), the first call per compile key (dtype, dimensions, shape class) also gets the
+compile timeout, once per implementation; an implementation that times out under that
+allowance gets no more of them (it hangs, it does not compile).
+
 After ``MAX_DEATHS`` deaths in a row (timeouts, crashes, memory kills) an implementation's
 calls are skipped, recorded with the last death's outcome and a message starting
 ``skipped:``, and retried after 8, 16, 32 then every 64 skipped calls, so a hung or
@@ -33,9 +40,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from harness.calling.protocol import Packer, ProtocolError, unpack_tensor
+from harness.calling.protocol import Packer, ProtocolError, storage_bytes, unpack_tensor
 from harness.calling.registry import Implementation
 from harness.calling.sandbox import LOAD_TIMEOUT, Death, LoadFailed, Sandbox, Target, WorkerOptions, acquire, release
 from strategies import Case
@@ -81,8 +89,8 @@ class Request:
 
     ``args`` are tensors, sent with their exact layout; ``kwargs`` values are tensors,
     numbers, strings, booleans or None; ``names`` name the positional tensors in messages
-    (``mutated_input``). ``key`` is the compile key: the first call with a key the worker
-    has not run gets the compile allowance.
+    (``mutated_input``). ``key`` is the compile key (see ``compile_key``): the first call
+    with a new key may take the compile allowance, where a compiler is loaded.
     """
 
     args: tuple[torch.Tensor, ...]
@@ -186,11 +194,12 @@ def _validated_seconds(value: float | None, what: str) -> float | None:
 
 
 def _same_bits(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    """Bit-for-bit equality of two owned dense outputs (NaN payloads and -0 included)."""
     if a is None or b is None:
         return a is b
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
-    return torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
+    return bool(np.array_equal(storage_bytes(a.contiguous()), storage_bytes(b.contiguous())))
 
 
 class Caller:

@@ -34,6 +34,10 @@ __all__ = [
     "ProtocolError",
     "decode_reply",
     "encode_reply",
+    "owned_tensor",
+    "storage_bytes",
+    "storage_extent",
+    "unpack_bytes",
     "unpack_tensor",
 ]
 
@@ -98,13 +102,32 @@ class Arena:
             os.close(self.fd)
 
 
-def _storage_bytes(t: torch.Tensor) -> torch.Tensor:
-    """The storage elements 0 .. extent-1 that ``t`` reaches, as a flat uint8 CPU tensor."""
-    extent = 0 if t.numel() == 0 else t.storage_offset() + 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
-    flat = t.detach().as_strided((extent,), (1,), 0)
+def storage_extent(t: torch.Tensor) -> int:
+    """Elements of storage the view reaches (as harness.calling.layout.storage_extent)."""
+    return 0 if t.numel() == 0 else t.storage_offset() + 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
+
+
+def storage_bytes(t: torch.Tensor):
+    """The storage elements 0 .. extent-1 that ``t`` reaches, as a flat uint8 NumPy array (no copy on the CPU).
+
+    Bytes are moved and compared with NumPy and memoryviews, single-threaded memcpy and
+    memcmp: torch's own copies of large tensors start OpenMP threads, whose wake-up on a
+    busy machine costs milliseconds.
+    """
+    flat = t.detach().as_strided((storage_extent(t),), (1,), 0)
     if flat.device.type != "cpu":
         flat = flat.cpu()
-    return flat.contiguous().view(torch.uint8)
+    if flat.is_neg() or flat.is_conj():
+        flat = flat.resolve_neg().resolve_conj()
+    return flat.contiguous().view(torch.uint8).numpy()
+
+
+def owned_tensor(raw, dtype: torch.dtype, shape, stride, offset: int) -> torch.Tensor:
+    """A fresh CPU tensor over a private copy of ``raw`` (bytes-like), laid out as given."""
+    if len(raw) == 0:
+        return torch.empty_strided(tuple(shape), tuple(stride), dtype=dtype)
+    storage = _frombuffer(bytearray(raw), dtype=torch.uint8).view(dtype)
+    return storage.as_strided(tuple(shape), tuple(stride), offset)
 
 
 @dataclass
@@ -126,28 +149,28 @@ class Packer:
         """A JSON-safe description of ``t``; ``exact_layout=False`` sends its values contiguously."""
         if not exact_layout:
             t = t.detach().contiguous()
-        raw = _storage_bytes(t)
+        raw = storage_bytes(t)
         spec = {
             "dtype": _NAMES[t.dtype],
             "shape": list(t.shape),
             "stride": list(t.stride()),
             "offset": t.storage_offset(),
-            "nbytes": raw.numel(),
+            "nbytes": raw.size,
         }
-        if raw.numel() >= INLINE_LIMIT and self.arena is not None:
+        if raw.size >= INLINE_LIMIT and self.arena is not None:
             start = self.cursor
-            buffer = self.arena.buffer(start + raw.numel())
-            _frombuffer(buffer, dtype=torch.uint8, count=raw.numel(), offset=start).copy_(raw)
-            self.cursor = start + raw.numel()
+            buffer = self.arena.buffer(start + raw.size)
+            buffer[start : start + raw.size] = raw  # one memcpy into shared memory
+            self.cursor = start + raw.size
             spec["arena"] = start
         else:
             spec["inline"] = len(self.buffers)
-            self.buffers.append(raw.numpy().tobytes())
+            self.buffers.append(raw.tobytes())
         return spec
 
 
-def unpack_tensor(spec: dict, buffers: list, arena: Arena | None) -> torch.Tensor:
-    """A fresh CPU tensor, owned by the caller, laid out exactly as ``spec`` describes.
+def unpack_bytes(spec: dict, buffers: list, arena: Arena | None):
+    """(dtype, shape, stride, offset, raw bytes-like) of a tensor description, checked.
 
     Raises ProtocolError when the description does not fit its bytes.
     """
@@ -166,26 +189,35 @@ def unpack_tensor(spec: dict, buffers: list, arena: Arena | None) -> torch.Tenso
         if extent * itemsize != nbytes:
             raise ProtocolError(f"tensor description {spec!r} does not match its {nbytes} bytes")
         if nbytes == 0:
-            storage = _empty(0, dtype=torch.uint8)
+            raw = b""
         elif "inline" in spec:
             raw = buffers[int(spec["inline"])]
             if len(raw) != nbytes:
                 raise ProtocolError(f"tensor bytes: got {len(raw)}, expected {nbytes}")
-            storage = _frombuffer(bytearray(raw), dtype=torch.uint8)
         elif "arena" in spec and arena is not None:
             start = int(spec["arena"])
             buffer = arena.buffer()
             if start < 0 or start + nbytes > len(buffer):
                 raise ProtocolError("tensor bytes lie outside the arena")
-            storage = _frombuffer(buffer, dtype=torch.uint8, count=nbytes, offset=start).clone()
+            raw = memoryview(buffer)[start : start + nbytes]
         else:
             raise ProtocolError(f"tensor description {spec!r} says nowhere where its bytes are")
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise ProtocolError(f"malformed tensor description: {type(exc).__name__}: {exc}") from None
-    flat = storage.view(dtype)
-    if numel == 0:
-        return _empty(shape, dtype=dtype)
-    return flat.as_strided(shape, stride, offset)
+    return dtype, shape, stride, offset, raw
+
+
+def unpack_tensor(spec: dict, buffers: list, arena: Arena | None) -> torch.Tensor:
+    """A fresh CPU tensor, owned by the caller, laid out exactly as ``spec`` describes.
+
+    Raises ProtocolError when the description does not fit its bytes.
+    """
+    dtype, shape, stride, offset, raw = unpack_bytes(spec, buffers, arena)
+    try:
+        return owned_tensor(raw, dtype, shape, stride, offset)
+    finally:
+        if isinstance(raw, memoryview):
+            raw.release()  # the arena may be remapped later
 
 
 def encode_reply(header: dict[str, Any], buffers: list[bytes] = ()) -> bytes:

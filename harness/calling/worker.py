@@ -29,10 +29,21 @@ import threading
 import time
 from multiprocessing.connection import Connection
 
+import numpy as np
 import torch
 
 from harness.calling.frameworks import FRAMEWORKS, NotAnArray, adapter, detect, read_output
-from harness.calling.protocol import DTYPES, Arena, Packer, encode_reply, unpack_tensor
+from harness.calling.protocol import (
+    DTYPES,
+    Arena,
+    Packer,
+    encode_reply,
+    owned_tensor,
+    storage_bytes,
+    storage_extent,
+    unpack_bytes,
+    unpack_tensor,
+)
 
 __all__ = ["describe_exception", "main"]
 
@@ -40,7 +51,7 @@ MESSAGE_LIMIT = 500  # characters of an exception's message kept in a record
 # Modules that compile code on first use: with one loaded, a first call may take the compile allowance.
 JIT_MODULES = ("torch._dynamo", "jax", "triton", "numba", "cupy", "tensorflow", "mlx", "taichi", "tvm")
 _perf_counter = time.perf_counter
-_equal = torch.equal
+_array_equal = np.array_equal
 
 
 def describe_exception(exc: BaseException) -> str:
@@ -320,34 +331,33 @@ class _Inputs:
     def __init__(self, specs: list[dict], names: list[str], buffers, arena: Arena, device: torch.device) -> None:
         self.names = names
         self.device = device
-        self.pristine = [unpack_tensor(spec, buffers, arena) for spec in specs]
+        self.layouts, self.raw = [], []
+        for spec in specs:
+            dtype, shape, stride, offset, raw = unpack_bytes(spec, buffers, arena)
+            self.layouts.append((dtype, shape, stride, offset))
+            self.raw.append(bytes(raw))  # pristine, in this process's own memory
+            if isinstance(raw, memoryview):
+                raw.release()
+        self.dtypes = [layout[0] for layout in self.layouts]
 
     def fresh(self) -> list[torch.Tensor]:
+        """New tensors over private copies of the pristine storages, on the device."""
         out = []
-        for t in self.pristine:
-            storage = t.as_strided((_extent(t),), (1,), 0).clone()
+        for (dtype, shape, stride, offset), raw in zip(self.layouts, self.raw):
+            t = owned_tensor(raw, dtype, shape, stride, offset)
             if self.device.type != "cpu":
-                storage = storage.to(self.device)
-            out.append(storage.as_strided(t.shape, t.stride(), t.storage_offset()))
+                storage = t.as_strided((len(raw) // max(t.element_size(), 1),), (1,), 0).to(self.device)
+                t = storage.as_strided(shape, stride, offset)
+            out.append(t)
         return out
 
     def mutated(self, used: list[torch.Tensor]) -> str | None:
         """The name of the first input whose storage no longer holds its pristine bytes."""
-        for name, before, after in zip(self.names, self.pristine, used):
-            n = _extent(before)
-            old = before.as_strided((n,), (1,), 0).view(torch.uint8)
-            new = after.detach().as_strided((n,), (1,), 0)
-            if new.device.type != "cpu":
-                new = new.cpu()
-            if not _equal(old, new.contiguous().view(torch.uint8)):
+        for name, raw, after in zip(self.names, self.raw, used):
+            now = storage_bytes(after)
+            if now.size != len(raw) or not _array_equal(now, np.frombuffer(raw, dtype=np.uint8)):
                 return name
         return None
-
-
-def _extent(t: torch.Tensor) -> int:
-    if t.numel() == 0:
-        return 0
-    return t.storage_offset() + 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
 
 
 def _call(fn, request: dict, buffers, arena: Arena, channel: _Channel, compiles: _Compiles, state: dict) -> None:
@@ -364,7 +374,7 @@ def _call(fn, request: dict, buffers, arena: Arena, channel: _Channel, compiles:
     if backward is not None and backward.get("grad_output") is not None:
         grad_output = unpack_tensor(backward["grad_output"], buffers, arena).to(device)
     fw = state["adapter"]
-    dtype = inputs.pristine[0].dtype if inputs.pristine else torch.float32
+    dtype = inputs.dtypes[0] if inputs.dtypes else torch.float32
     packer = Packer(arena, base=int(request.get("out_base", 0)))
     for index in range(int(request.get("repeat", 1))):
         compiles.hook()
@@ -380,7 +390,7 @@ def _call(fn, request: dict, buffers, arena: Arena, channel: _Channel, compiles:
                 watched = used[int(backward.get("wrt", 0))]
                 if not watched.dtype.is_floating_point:
                     raise TypeError(f"cannot differentiate with respect to a {watched.dtype} input")
-                base = watched.detach().as_strided((_extent(watched),), (1,), 0).requires_grad_(True)
+                base = watched.detach().as_strided((storage_extent(watched),), (1,), 0).requires_grad_(True)
                 watched = base.as_strided(watched.shape, watched.stride(), watched.storage_offset())
                 used[int(backward.get("wrt", 0))] = watched
             with fw.scope(dtype):
