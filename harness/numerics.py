@@ -8,24 +8,36 @@ the Python API runs inside the user's own script, which may have set, before cal
   setting): subnormal logits read as 0, and a loss of 3.78e-44 rounds to 0;
 - torch's default dtype (``torch.set_default_dtype(torch.float64)``);
 - mpmath's working precision, gmpy2's current context (precision, rounding, exponent range);
-- torch functions replaced at module level (``torch.exp = my_exp``).
+- torch functions replaced at module level (``torch.exp = my_exp``);
+- torch's CPU thread count.
 
 ``harness_numerics()`` checks these on entry, puts sane values in place for the duration
 and restores the caller's afterwards. It nests (only the outermost level does work), and
 costs about 50 µs.
+
+The harness runs its own torch work on ``HARNESS_THREADS`` (1) CPU thread: the oracle's
+float64 sums, and so which tier decides a borderline value, then do not depend on the
+machine's core count; and a harness that alternates with its sandbox workers would
+otherwise wake OpenMP threads for every small reduction, which on a busy machine costs
+milliseconds each (measured: a default check took 23–25 s with torch's 2 threads, 13–15 s
+with one).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import gmpy2
 import mpmath
 import torch
 
-__all__ = ["flushes_denormals", "harness_numerics"]
+__all__ = ["HARNESS_THREADS", "flushes_denormals", "guarded", "harness_numerics"]
+
+HARNESS_THREADS = 1
 
 _state = threading.local()
 _BUILTINS = torch._C._VariableFunctions
@@ -47,7 +59,8 @@ def flushes_denormals(tiny: float = 2.0**-1070, half: float = 0.5) -> bool:
 
 @contextlib.contextmanager
 def harness_numerics() -> Iterator[None]:
-    """IEEE subnormals, float32 default dtype, default mpmath and gmpy2 contexts and torch's own functions.
+    """IEEE subnormals, float32 default dtype, default mpmath and gmpy2 contexts, torch's own functions
+    and HARNESS_THREADS CPU threads.
 
     The caller's settings are back in place when the block ends.
     """
@@ -68,6 +81,9 @@ def harness_numerics() -> Iterator[None]:
     mpmath.mp.prec, mpmath.mp.pretty = 53, False
     context = gmpy2.get_context()
     gmpy2.set_context(gmpy2.context())
+    threads = torch.get_num_threads()
+    if threads != HARNESS_THREADS:
+        torch.set_num_threads(HARNESS_THREADS)
     patched = {n: getattr(torch, n) for n in _PATCHABLE if getattr(torch, n) is not getattr(_BUILTINS, n)}
     for name in patched:
         setattr(torch, name, getattr(_BUILTINS, name))
@@ -79,8 +95,24 @@ def harness_numerics() -> Iterator[None]:
         for name, value in patched.items():
             setattr(torch, name, value)
         gmpy2.set_context(context)
+        if threads != HARNESS_THREADS:
+            torch.set_num_threads(threads)
         mpmath.mp.prec, mpmath.mp.pretty = prec, pretty
         if dtype != torch.float32:
             torch.set_default_dtype(dtype)
         if flushed:
             torch.set_flush_denormal(True)
+
+
+F = TypeVar("F", bound=Callable)
+
+
+def guarded(fn: F) -> F:
+    """``fn`` run under ``harness_numerics`` (the oracle's public entry points)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with harness_numerics():
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

@@ -20,7 +20,17 @@ DRAWS = 2000
 def test_bench_prints_every_ratio(capsys):
     assert main(["bench", "--rows", "2", "--classes", "2048", "--repeats", "1"]) == 0
     shown = capsys.readouterr().out
-    for needle in ("fast oracle tier", "audit of one case", "mpmath tier", "peak memory", "ratio", "speed-up"):
+    for needle in (
+        "fast oracle tier",
+        "audit of one case",
+        "mpmath tier",
+        "peak memory",
+        "ratio",
+        "speed-up",
+        "sandbox call (3, 32)",
+        "thread call (before #12)",
+        "largest sandbox worker",
+    ):
         assert needle in shown
 
 

@@ -135,6 +135,20 @@ def test_the_script_calling_check_may_flush_denormals_itself():
         assert again.value == record["oracle"] or again.value != again.value
 
 
+def test_the_oracle_api_ignores_a_flush_to_zero_caller():
+    """The issue's example: a loss of 3.78e-44 (float32 subnormal) that a flushing oracle returned as 0."""
+    logits, targets = torch.tensor([[0.0, -100.0]]), torch.tensor([0])
+    right = oracle.cross_entropy(logits, targets, dtype=torch.float32)
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush denormals")
+    try:
+        assert flushes_denormals()
+        flushed = oracle.cross_entropy(logits, targets, dtype=torch.float32)
+    finally:
+        torch.set_flush_denormal(False)
+    assert right.item() == flushed.item() == pytest.approx(3.78e-44, rel=0.01)
+
+
 def test_harness_numerics_restores_the_callers_state():
     import gmpy2
     import mpmath
@@ -142,13 +156,16 @@ def test_harness_numerics_restores_the_callers_state():
     torch.exp = lambda x: x  # a script's own patch
     torch.set_default_dtype(torch.float64)
     mpmath.mp.prec = 20
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
     try:
         with harness_numerics():
             assert torch.exp is torch._C._VariableFunctions.exp and torch.get_default_dtype() == torch.float32
-            assert mpmath.mp.prec == 53 and gmpy2.get_context().precision == 53
+            assert mpmath.mp.prec == 53 and gmpy2.get_context().precision == 53 and torch.get_num_threads() == 1
         assert torch.exp is not torch._C._VariableFunctions.exp and torch.get_default_dtype() == torch.float64
-        assert mpmath.mp.prec == 20
+        assert mpmath.mp.prec == 20 and torch.get_num_threads() == threads + 1
     finally:
+        torch.set_num_threads(threads)
         torch.exp = torch._C._VariableFunctions.exp
         torch.set_default_dtype(torch.float32)
         mpmath.mp.prec = 53

@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from harness.calling.layout import storage_extent
+
 __all__ = [
     "DTYPES",
     "INLINE_LIMIT",
@@ -100,11 +102,6 @@ class Arena:
         self._map = None
         with contextlib.suppress(OSError):
             os.close(self.fd)
-
-
-def storage_extent(t: torch.Tensor) -> int:
-    """Elements of storage the view reaches (as harness.calling.layout.storage_extent)."""
-    return 0 if t.numel() == 0 else t.storage_offset() + 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
 
 
 def storage_bytes(t: torch.Tensor):

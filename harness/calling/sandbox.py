@@ -40,12 +40,27 @@ import psutil
 
 from harness.calling.protocol import Arena, ProtocolError, decode_reply
 
-__all__ = ["Death", "LoadFailed", "Sandbox", "Target", "WorkerOptions", "acquire", "release", "shutdown_all"]
+__all__ = [
+    "SANDBOX_THREADS",
+    "Death",
+    "LoadFailed",
+    "Sandbox",
+    "Target",
+    "WorkerOptions",
+    "acquire",
+    "release",
+    "sandbox_threads",
+    "shutdown_all",
+]
 
 HARNESS_ROOT = str(Path(__file__).resolve().parents[2])  # the folder that holds the harness package
 LOAD_TIMEOUT = 120.0  # seconds for a worker to start and import its implementation
 MEMORY_POLL = 0.05  # seconds between two looks at a running worker's resident memory
 MAX_PARKED = 4  # idle loaded workers kept for reuse (each holds torch: about 230 MB)
+# Implementations run single-threaded on the CPU unless OMP_NUM_THREADS says otherwise: a
+# reduction's rounding then does not depend on the machine's core count, and a call never
+# waits for OpenMP threads to wake (milliseconds per parallel region on a busy machine).
+SANDBOX_THREADS = "1"
 _MIB = 1 << 20
 
 
@@ -125,6 +140,8 @@ class Sandbox:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([HARNESS_ROOT, *filter(None, [env.get("PYTHONPATH")])])
         env["PYTHONUNBUFFERED"] = "1"
+        env.setdefault("OMP_NUM_THREADS", SANDBOX_THREADS)  # see SANDBOX_THREADS
+        env.setdefault("MKL_NUM_THREADS", env["OMP_NUM_THREADS"])
         if self.options.triton_interpret:
             env["TRITON_INTERPRET"] = "1"
         if self.options.device == "cpu":
@@ -353,6 +370,11 @@ class Sandbox:
         if code == 0:
             words += " (os._exit or another hard exit in the implementation)"
         return Death("crashed", f"the sandbox {words} {when}{hint}")
+
+
+def sandbox_threads() -> str:
+    """The CPU threads implementations get (OMP_NUM_THREADS, default SANDBOX_THREADS), for manifests."""
+    return os.environ.get("OMP_NUM_THREADS", SANDBOX_THREADS)
 
 
 _SPARES: dict[WorkerOptions, Sandbox] = {}

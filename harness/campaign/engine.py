@@ -60,8 +60,6 @@ def _resumable(folder: Path) -> tuple[AuditSettings, dict[tuple[str, str], list[
         raise SettingsError(f"cannot resume from {folder}: {str(exc).strip(chr(39))}") from None
     records["output_bits"] = records["output_bits"].astype(object).fillna("")
     records["message"] = records["message"].astype(object).fillna("")
-    if "compile_seconds" not in records:  # a report written before compile time was recorded
-        records["compile_seconds"] = 0.0
     finished: dict[tuple[str, str], list[dict]] = {}
     for record in records.to_dict(orient="records"):
         cell = (record["dtype"], record["regime"])
