@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness import baseline as baselines
+from harness import interrupts
 from harness.api import check
 from harness.bench import run_bench
 from harness.calling.caller import DEFAULT_COMPILE_TIMEOUT, DEFAULT_MEMORY_LIMIT_MIB, DEFAULT_TIMEOUT
@@ -375,17 +376,25 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _sigterm_as_interrupt() -> None:
-    """SIGTERM stops a run the way Ctrl-C does: finished work is written, marked partial."""
+    """SIGTERM stops a run the way Ctrl-C does: finished work is written, marked partial.
+
+    Both also set harness.interrupts' flag, so an interrupt swallowed where Python ignores
+    exceptions (a garbage-collector callback) is raised again before the next case.
+    """
 
     def handler(signum, frame):
+        interrupts.request()
         raise KeyboardInterrupt
 
     with contextlib.suppress(ValueError):  # not the main thread (main() called from a worker): leave it
         signal.signal(signal.SIGTERM, handler)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    interrupts.clear()
     _sigterm_as_interrupt()
     try:
         args = _parser().parse_args(argv)
@@ -414,3 +423,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"harness: TOOL ERROR: {type(exc).__name__}: {first} (HARNESS_DEBUG=1 shows the traceback)",
               file=sys.stderr)  # fmt: skip
         return EXIT_TOOL_ERROR
+    finally:
+        interrupts.clear()

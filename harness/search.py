@@ -21,7 +21,7 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis.internal.conjecture import engine
 from tqdm import tqdm
 
-from harness import oracle
+from harness import interrupts, oracle
 from harness.calling.caller import Caller
 from harness.calling.registry import Implementation
 from harness.determinism import independent_of_local_constants
@@ -175,6 +175,8 @@ def _search(formats, regimes, implementations, profile, seed, examples, max_clas
 
             def visit(case: Case) -> None:
                 nonlocal shrinking
+                if interrupts.pending():  # an interrupt that was swallowed on its way (see harness.interrupts)
+                    raise KeyboardInterrupt
                 running = [subject] if shrinking and subject else implementations
                 records = run_case(case, running, policy, caller)
                 failing = [r for r in records if fails and fails(r)]

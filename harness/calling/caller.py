@@ -274,8 +274,10 @@ class Caller:
         self._sandboxes.clear()
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):  # at interpreter exit the pool may be gone already
+        try:  # noqa: SIM105 - at interpreter exit even contextlib may be gone already
             self.close()
+        except Exception:
+            pass
 
     def __enter__(self) -> Caller:
         return self

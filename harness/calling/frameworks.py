@@ -64,8 +64,12 @@ def _numpy_dtype(dtype: torch.dtype):
     import numpy as np
 
     if dtype == torch.bfloat16:
-        import ml_dtypes
-
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise ImportError(
+                "bfloat16 NumPy arrays need ml_dtypes: pip install 'ce-harness[jax]' (or ml_dtypes)"
+            ) from None
         return np.dtype(ml_dtypes.bfloat16)
     return torch.empty((), dtype=dtype).numpy().dtype
 
