@@ -335,10 +335,16 @@ class _Inputs:
         for spec in specs:
             dtype, shape, stride, offset, raw = unpack_bytes(spec, buffers, arena)
             self.layouts.append((dtype, shape, stride, offset))
-            self.raw.append(bytes(raw))  # pristine, in this process's own memory
+            # pristine: the request's own bytes, or the arena's (the harness leaves them alone
+            # until the request is answered, and the implementation only ever gets copies)
+            self.raw.append(raw)
+        self.dtypes = [layout[0] for layout in self.layouts]
+
+    def release(self) -> None:
+        for raw in self.raw:
             if isinstance(raw, memoryview):
                 raw.release()
-        self.dtypes = [layout[0] for layout in self.layouts]
+        self.raw = []
 
     def fresh(self) -> list[torch.Tensor]:
         """New tensors over private copies of the pristine storages, on the device."""
@@ -355,13 +361,16 @@ class _Inputs:
         """The name of the first input whose storage no longer holds its pristine bytes."""
         for name, raw, after in zip(self.names, self.raw, used):
             now = storage_bytes(after)
-            if now.size != len(raw) or not _array_equal(now, np.frombuffer(raw, dtype=np.uint8)):
+            if now.size != len(raw) or (now.size and not _array_equal(now, np.frombuffer(raw, dtype=np.uint8))):
                 return name
         return None
 
 
-def _call(fn, request: dict, buffers, arena: Arena, channel: _Channel, compiles: _Compiles, state: dict) -> None:
-    """Serve one call request: up to ``repeat`` calls, one reply each, stopping at the first failure."""
+def _call(fn, request: dict, buffers, arena: Arena, channel: _Channel, compiles: _Compiles, state: dict) -> _Inputs:
+    """Serve one call request: up to ``repeat`` calls, one reply each, stopping at the first failure.
+
+    Returns the request's inputs, to be released once the request is answered.
+    """
     device = torch.device(request.get("device", "cpu"))
     names = list(request["names"])
     tensor_kwargs = {k: v for k, v in request["kwargs"].items() if v[0] == "tensor"}
@@ -406,37 +415,37 @@ def _call(fn, request: dict, buffers, arena: Arena, channel: _Channel, compiles:
                                   "message": "the output does not depend differentiably on the input "
                                   f"{inputs.names[int(backward.get('wrt', 0))]} (it does not require grad)",
                                   "seconds": seconds, "compile_seconds": compiles.seconds})  # fmt: skip
-                    return
+                    return inputs
                 (grad,) = torch.autograd.grad(value, watched, grad_outputs=grad_output)
         except SystemExit as exc:
             seconds = _perf_counter() - start - compiles.seconds
             channel.send({"kind": "result", "call": index, "ok": False, "failure": "crashed",
                           "message": f"the implementation called sys.exit({exc.code!r})", "seconds": seconds,
                           "compile_seconds": compiles.seconds})  # fmt: skip
-            return
+            return inputs
         except NotAnArray as exc:
             seconds = _perf_counter() - start - compiles.seconds
             channel.send({"kind": "result", "call": index, "ok": False, "failure": "bad_output", "message": str(exc),
                           "seconds": seconds, "compile_seconds": compiles.seconds})  # fmt: skip
-            return
+            return inputs
         except BaseException as exc:
             seconds = _perf_counter() - start - compiles.seconds
             channel.send({"kind": "result", "call": index, "ok": False, "failure": "raised",
                           "message": describe_exception(exc), "seconds": seconds,
                           "compile_seconds": compiles.seconds})  # fmt: skip
-            return
+            return inputs
         seconds = _perf_counter() - start - compiles.seconds
         mutated = inputs.mutated(used)
         if mutated is not None:
             channel.send({"kind": "result", "call": index, "ok": False, "failure": "mutated_input",
                           "message": f"modified its input {mutated} in place", "seconds": seconds,
                           "compile_seconds": compiles.seconds})  # fmt: skip
-            return
+            return inputs
         dense, info, problem = _dense(value)
         if problem is not None:
             channel.send({"kind": "result", "call": index, "ok": False, "failure": "bad_output", "message": problem,
                           "seconds": seconds, "compile_seconds": compiles.seconds, "info": info})  # fmt: skip
-            return
+            return inputs
         packer.buffers = []
         reply = {"kind": "result", "call": index, "ok": True, "seconds": seconds, "compile_seconds": compiles.seconds,
                  "info": info, "output": None if dense is None else packer.pack(dense, exact_layout=False)}  # fmt: skip
@@ -444,6 +453,7 @@ def _call(fn, request: dict, buffers, arena: Arena, channel: _Channel, compiles:
             reply["grad"] = packer.pack(grad.detach(), exact_layout=False)
         channel.send(reply, packer.buffers)
         del value, dense, used, grad
+    return inputs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -474,5 +484,6 @@ def main(argv: list[str] | None = None) -> None:
             os._exit(0)
         if request["op"] == "call":
             start = _perf_counter()
-            _call(fn, request, request.get("buffers", []), arena, channel, compiles, state)
+            inputs = _call(fn, request, request.get("buffers", []), arena, channel, compiles, state)
+            inputs.release()
             channel.send({"kind": "done", "seconds": _perf_counter() - start, "jit": _jit_loaded()})
