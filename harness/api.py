@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
-from harness.calling.caller import DEFAULT_TIMEOUT, Caller
-from harness.calling.loading import load_implementation
-from harness.calling.registry import REGISTRY, Implementation
+from harness.calling.caller import DEFAULT_COMPILE_TIMEOUT, DEFAULT_MEMORY_LIMIT_MIB, DEFAULT_TIMEOUT, Caller
+from harness.calling.loading import load_implementation, probe
+from harness.calling.registry import REGISTRY, Implementation, check_name, safe_label
+from harness.campaign.settings import SandboxSettings, check_device, check_regimes
 from harness.case_text import case_lines
 from harness.formats import FORMATS, Format, parse_dtype
-from harness.grading.verdicts import VERDICTS, Policy
+from harness.grading.verdicts import GRADED, VERDICTS, Policy
 from harness.profiles import resolve_profile
 from harness.runner import RECORD_COLUMNS, run_case
 from harness.search import SELF_CHECK_CASES, Counterexample, SearchResult, oracle_self_check, search
@@ -28,7 +29,7 @@ from harness.user_case import CaseError, load_case
 from reports.stats import coverage_line
 from strategies import REGIMES, Case, regime_fits
 
-__all__ = ["CheckResult", "assert_stable", "check", "describe_counterexample"]
+__all__ = ["CheckResult", "assert_stable", "check", "check_device", "describe_counterexample"]
 
 REFERENCE = "torch"
 
@@ -51,6 +52,11 @@ class CheckResult:
     def counts(self) -> dict[str, int]:
         counted = self.records["verdict"].value_counts()
         return {verdict: int(counted.get(verdict, 0)) for verdict in VERDICTS}
+
+    @property
+    def graded(self) -> int:
+        """Cases graded against a certified oracle value (a run that grades none never passes)."""
+        return int(self.records["verdict"].isin(GRADED).sum())
 
     def worst_cases(self, n: int = 5) -> pd.DataFrame:
         ranked = self.records.assign(rank=self.records["verdict"].map(VERDICTS.index))
@@ -76,6 +82,8 @@ class CheckResult:
         counts = ", ".join(f"{n} {v}" for v, n in self.counts.items() if n)
         status = "PASSED" if self.passed else "FAILED"
         lines = [f"{status}: {self.implementation} on {len(self.records)} cases ({counts}) in {self.seconds:.1f} s"]
+        if not self.graded:
+            lines[0] += "; no case was graded"
         if len(self.records) > 1:
             lines.append(coverage_line(self.records))
         for cx in self.counterexamples:
@@ -129,29 +137,22 @@ def _formats(dtypes: Sequence[torch.dtype | str | Format] | None) -> list[Format
     return formats
 
 
-def check_device(device: str) -> None:
-    """ValueError, before any work, for a device torch cannot use here."""
-    try:
-        kind = torch.device(device).type
-    except RuntimeError as exc:
-        raise ValueError(f"unknown device {device!r}: {exc}") from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} is not available: this torch has no usable CUDA")
-    if kind == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {device!r} is not available")
-
-
-def _implementation(fn, name: str | None, dtypes: Sequence[Format]) -> Implementation:
+def _implementation(fn, name: str | None, dtypes: Sequence[Format], sandbox: SandboxSettings) -> Implementation:
+    """The Implementation to check, loaded (or unpickled) in a sandbox already: errors come before the run."""
+    if name is not None:
+        check_name(name)
     if isinstance(fn, str):
-        impl = load_implementation(fn)
+        impl = load_implementation(fn, sandbox.worker_options)
     elif isinstance(fn, Implementation):
         impl = fn
     elif callable(fn):
-        label = name or getattr(fn, "__qualname__", None) or repr(fn)
+        label = name or safe_label(str(getattr(fn, "__qualname__", None) or type(fn).__name__))
         impl = Implementation(label, fn, source="python", k_dimensional=bool(getattr(fn, "k_dimensional", False)),
                               contiguous_only=bool(getattr(fn, "contiguous_only", False)))  # fmt: skip
     else:
         raise TypeError(f"expected a callable, an Implementation or an IMPL spec, got {type(fn).__name__}")
+    if not isinstance(fn, str) and impl.source != "built-in":  # built-ins are the harness's own: torch, importable
+        impl = probe(impl, sandbox.worker_options)
     supported = tuple(f.dtype for f in dtypes if f.dtype in impl.dtypes)
     return dataclasses.replace(impl, name=name or impl.name, dtypes=supported)
 
@@ -185,7 +186,11 @@ def _check_case(impl: Implementation, case: Case, policy: Policy, caller: Caller
     found.errors.extend(oracle_self_check(found, SELF_CHECK_CASES))
     found.seconds = time.perf_counter() - start
     for record in records:
-        if record["impl"] == impl.name and policy.fails(record["verdict"]):
+        if (
+            record["impl"] == impl.name
+            and policy.fails(record["verdict"])
+            and not str(record["message"]).startswith("skipped:")
+        ):
             found.counterexamples.append(Counterexample(case, record))
     return _result(impl, policy, found)
 
@@ -194,7 +199,8 @@ def _result(impl: Implementation, policy: Policy, found: SearchResult) -> CheckR
     records = pd.DataFrame(found.records, columns=list(RECORD_COLUMNS))
     mine = records[records["impl"] == impl.name].reset_index(drop=True)
     theirs = records[records["impl"] == REFERENCE].reset_index(drop=True)
-    passed = not mine.empty and not any(policy.fails(v) for v in mine["verdict"])
+    graded = bool(mine["verdict"].isin(GRADED).any())  # a run that graded nothing never passes
+    passed = graded and not any(policy.fails(v) for v in mine["verdict"])
     return CheckResult(impl.name, passed, policy, mine, theirs, found.counterexamples, found.errors,
                        found.seconds, found)  # fmt: skip
 
@@ -211,36 +217,51 @@ def check(
     profile: str | None = None,
     max_classes: int | None = None,
     device: str = "cpu",
-    timeout: float | None = DEFAULT_TIMEOUT,
+    timeout: float = DEFAULT_TIMEOUT,
     name: str | None = None,
     progress: bool | None = False,
     k_dimensional: bool | None = None,
     contiguous_only: bool | None = None,
     case: Case | dict | tuple | str | None = None,
+    compile_timeout: float = DEFAULT_COMPILE_TIMEOUT,
+    memory_limit_mib: float = DEFAULT_MEMORY_LIMIT_MIB,
+    framework: str = "auto",
+    triton_interpret: bool = False,
 ) -> CheckResult:
     """Run the strategies on ``fn(logits, targets)`` and judge every case.
 
     ``fn`` returns per-sample losses (N,) or their mean (a scalar). It fails when any
     case is *unstable* (or *inaccurate* with ``strict``); each failing (dtype, regime)
     cell contributes one counterexample, shrunk by Hypothesis and then structurally
-    (rows, tiles of classes, magnitudes, layout). ``device`` is where fn runs (the
-    oracle stays on the CPU); a call taking over ``timeout`` seconds is a failure.
-    ``k_dimensional``: fn also takes (N, C, d1, ..., dk) logits with (N, d1, ..., dk)
-    targets, so the layout regime runs on it (default: the implementation's own
-    declaration, or ``fn.k_dimensional``). ``contiguous_only``: fn needs contiguous
-    logits, so the strided regime is left out (default: its declaration, or
-    ``fn.contiguous_only``).
+    (rows, tiles of classes, magnitudes, layout). A run that grades no case never passes.
+
+    ``fn`` runs in a sandbox process: a callable is sent there with cloudpickle (lambdas,
+    closures and functions of ``__main__`` included), a ``file.py:function`` or
+    ``module:function`` spec is imported there. ``device`` is where it runs (the oracle
+    stays on the CPU, in this process); a call taking over ``timeout`` seconds, except the
+    first per (dtype, shape class) and torch.compile's compiles, which get
+    ``compile_timeout``, is a ``timeout``; a sandbox over ``memory_limit_mib`` MiB of
+    resident memory (0: no limit) is ``killed_memory``; one that dies is ``crashed``.
+    ``framework`` (auto, torch, jax, numpy) says what arrays fn takes; ``triton_interpret``
+    runs Triton kernels on Triton's CPU interpreter. ``k_dimensional``: fn also takes
+    (N, C, d1, ..., dk) logits with (N, d1, ..., dk) targets, so the layout regime runs on
+    it (default: the implementation's own declaration, or ``fn.k_dimensional``).
+    ``contiguous_only``: fn needs contiguous logits, so the strided regime is left out
+    (default: its declaration, or ``fn.contiguous_only``).
 
     ``case``: grade exactly this input instead of searching: a Case, a dict with
     ``logits`` and ``targets`` tensors, a ``(logits, targets)`` pair, a ``torch.save``
     file of such a dict, or ``"REPORT_DIR:CASE_ID"`` (harness.user_case). Its verdict,
     record and counterexample are those a search would give it; search options
     (``dtypes``, ``regimes``, ``examples``, ``profile``, ``max_classes``, ``seed``) must then be left out.
-    Raises ValueError (one line) for options or a case that cannot be graded.
+
+    Raises ValueError (one line) for bad settings, an implementation that cannot be
+    loaded or pickled, a regime that cannot be drawn under the limits, or a case that
+    cannot be graded.
     """
-    check_device(device)
+    sandbox = SandboxSettings(timeout, compile_timeout, memory_limit_mib, framework, triton_interpret,
+                              device).validated()  # fmt: skip
     policy = Policy(max_ulps=max_ulps, strict=strict)
-    caller = Caller(timeout=timeout, device=device)
     if case is not None:
         given = [n for n, v in (("dtypes", dtypes), ("regimes", regimes), ("examples", examples), ("profile", profile),
                                 ("max_classes", max_classes)) if v is not None]  # fmt: skip
@@ -250,17 +271,18 @@ def check(
             graded = load_case(case)
         except CaseError as exc:
             raise ValueError(str(exc)) from None
-        impl = _declared(_implementation(fn, name, [graded.format]), k_dimensional, contiguous_only)
-        return _check_case(impl, graded, policy, caller)
+        impl = _declared(_implementation(fn, name, [graded.format], sandbox), k_dimensional, contiguous_only)
+        with sandbox.caller() as caller:
+            return _check_case(impl, graded, policy, caller)
     formats = _formats(dtypes)
     chosen = list(regimes or REGIMES)
-    unknown = [r for r in chosen if r not in REGIMES]
-    if unknown:
-        raise ValueError(f"unknown regime {unknown[0]!r}; expected one of {', '.join(REGIMES)}")
+    check_regimes(chosen, 1 << 62, True)  # unknown names first, before anything is loaded
     budget = resolve_profile(profile)
     if examples is not None and examples < 1:
         raise ValueError(f"examples must be >= 1, got {examples}")
-    impl = _declared(_implementation(fn, name, formats), k_dimensional, contiguous_only)
+    if max_classes is not None and max_classes < 2:
+        raise ValueError(f"max_classes must be >= 2, got {max_classes}")
+    impl = _declared(_implementation(fn, name, formats, sandbox), k_dimensional, contiguous_only)
     if not impl.k_dimensional:
         if regimes is not None and "layout" in chosen:
             raise ValueError(f"regime 'layout' needs k_dimensional=True: {impl.name} takes only (N, C) logits")
@@ -273,23 +295,30 @@ def check(
     if not formats:
         raise ValueError(f"{impl.name} supports none of the requested dtypes")
     limit = max_classes or budget.max_classes
+    if regimes is not None:
+        check_regimes(chosen, limit, impl.k_dimensional, takes_strided=not impl.contiguous_only)
     chosen = [r for r in chosen if regime_fits(r, limit)]
     if not chosen:
         raise ValueError(f"no requested regime can draw cases of at most {limit} classes")
-    found = search(
-        formats,
-        chosen,
-        [impl, REGISTRY.get(REFERENCE)],
-        profile=budget,
-        seed=seed,
-        examples=examples,
-        max_classes=limit,
-        policy=policy,
-        fails=lambda record: record["impl"] == impl.name and policy.fails(record["verdict"]),
-        subject=impl,
-        caller=caller,
-        progress=progress,
-    )
+    with sandbox.caller() as caller:
+        found = search(
+            formats,
+            chosen,
+            [impl, REGISTRY.get(REFERENCE)],
+            profile=budget,
+            seed=seed,
+            examples=examples,
+            max_classes=limit,
+            policy=policy,
+            fails=lambda record: (
+                record["impl"] == impl.name
+                and policy.fails(record["verdict"])
+                and not str(record["message"]).startswith("skipped:")  # a skipped call says nothing of its case
+            ),
+            subject=impl,
+            caller=caller,
+            progress=progress,
+        )
     return _result(impl, policy, found)
 
 

@@ -14,7 +14,10 @@ from pathlib import Path
 import torch
 
 from harness import oracle
+from harness.calling.caller import DEFAULT_COMPILE_TIMEOUT, DEFAULT_MEMORY_LIMIT_MIB, DEFAULT_TIMEOUT
 from harness.calling.loading import load_implementation
+from harness.calling.sandbox import WorkerOptions
+from harness.campaign.settings import SandboxSettings
 from harness.case_text import case_lines
 from harness.formats import bit_pattern
 from harness.runner import run_case
@@ -29,15 +32,15 @@ def _show(value: float, dtype: torch.dtype) -> str:
     return f"{value!r} ({bit_pattern(torch.tensor(value, dtype=torch.float64).to(dtype))})"
 
 
-def _implementations(manifest: dict, impl_specs: Sequence[str] | None):
+def _implementations(manifest: dict, impl_specs: Sequence[str] | None, options: WorkerOptions):
     if impl_specs:
-        return [load_implementation(spec) for spec in impl_specs]
+        return [load_implementation(spec, options) for spec in impl_specs]
     loaded = []
     for entry in manifest["implementations"]:
         spec = entry["name"] if entry["source"] in ("built-in", "python") else entry["source"]
         if entry["source"] == "python":
             continue  # a Python callable given to the API: nothing to load it from
-        loaded.append(dataclasses.replace(load_implementation(spec), name=entry["name"]))
+        loaded.append(dataclasses.replace(load_implementation(spec, options), name=entry["name"]))
     return loaded
 
 
@@ -52,13 +55,23 @@ def replay_case(report: Path, case_id: str, impl_specs: Sequence[str] | None = N
     if case_id not in stored:
         raise KeyError(f"case {case_id} is not stored in {report}")
     case = stored[case_id]
-    implementations = _implementations(manifest, impl_specs)
+    saved = manifest.get("settings") or manifest
+    sandbox = SandboxSettings(
+        float(saved.get("timeout", DEFAULT_TIMEOUT)),
+        float(saved.get("compile_timeout", DEFAULT_COMPILE_TIMEOUT)),
+        float(saved.get("memory_limit_mib", DEFAULT_MEMORY_LIMIT_MIB)),
+        str(saved.get("framework", "auto")),
+        bool(saved.get("triton_interpret", False)),
+        str(saved.get("device", "cpu")),
+    ).validated()  # as the report was made
+    implementations = _implementations(manifest, impl_specs, sandbox.worker_options)
     records = load_records(report)
     recorded = records[records["case_id"] == case_id].set_index("impl")
     reproducers = load_reproducers(report)
     if recorded.empty and reproducers is not None:  # a shrunk reproducer: its implementation's output is kept
         recorded = reproducers[reproducers["reproducer"] == case_id].set_index("impl")
-    fresh = run_case(case, implementations)
+    with sandbox.caller() as caller:
+        fresh = run_case(case, implementations, caller=caller)
     dtype = case.dtype
     lines = [
         f"case {case_id}  regime {case.regime}  dtype {case.format.name}  shape {tuple(case.logits.shape)}",

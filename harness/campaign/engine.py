@@ -13,11 +13,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from harness.calling.caller import DEFAULT_TIMEOUT, Caller
+from harness.calling.caller import DEFAULT_COMPILE_TIMEOUT, DEFAULT_MEMORY_LIMIT_MIB, DEFAULT_TIMEOUT
 from harness.calling.registry import Implementation
 from harness.campaign.report import AuditReport, check_writable, write_folder
 from harness.campaign.settings import DEFAULT_SHRINK_SECONDS, AuditSettings, SettingsError, audit_settings
 from harness.formats import Format
+from harness.grading.verdicts import GRADED
 from harness.runner import RECORD_COLUMNS
 from harness.search import SearchResult, search
 from harness.shrinking import shrink_failures
@@ -94,8 +95,17 @@ def run_audit(
 
         return run_in_pool(settings, out, implementations, workers=workers, command=command)
     stamp = _manifest_settings(settings, implementations, len(finished or {}))
-    caller = Caller(timeout=settings.timeout)
+    with settings.sandbox.caller() as caller:
+        return _run_single(settings, out, implementations, caller, stamp, command, progress, finished,
+                           finished_cases)  # fmt: skip
 
+
+def _graded_nothing(records: pd.DataFrame) -> bool:
+    return not records["verdict"].isin(GRADED).any() if len(records) else True
+
+
+def _run_single(settings, out, implementations, caller, stamp, command, progress, finished,
+                finished_cases) -> AuditReport:  # fmt: skip
     def checkpoint(found: SearchResult) -> None:
         for error in write_folder(out, _frame(found), found, stamp, command=command, status="partial",
                                   checkpoint=True):  # fmt: skip
@@ -108,6 +118,8 @@ def run_audit(
         finished=finished, finished_cases=finished_cases, on_cell=checkpoint, shard=settings.shard, progress=progress,
     )  # fmt: skip
     records = _frame(found)
+    if not found.interrupted and _graded_nothing(records):
+        found.errors.append("no case was graded: every record is ungraded, or there is none")
     reproducers = None
     if not found.interrupted and settings.shrink_seconds > 0:
         checkpoint(found)  # nothing lost if shrinking is cut short
@@ -153,17 +165,28 @@ def audit(
     out: str | Path = DEFAULT_OUT,
     workers: int = 1,
     progress: bool | None = False,
+    compile_timeout: float = DEFAULT_COMPILE_TIMEOUT,
+    memory_limit_mib: float = DEFAULT_MEMORY_LIMIT_MIB,
+    framework: str = "auto",
+    triton_interpret: bool = False,
+    device: str = "cpu",
 ) -> AuditReport:
     """Audit implementations over the strategies and write a report folder; the Python form of ``audit``.
 
     ``implementations``: built-in names, ``module:function`` or ``file.py:function`` specs
-    (default: the built-ins, or the precision methods with ``precision=True``).
-    Raises SettingsError (a ValueError, one line) for settings that cannot make an audit.
+    (default: the built-ins, or the precision methods with ``precision=True``). Each runs
+    in a sandbox process: ``timeout`` seconds per call, ``compile_timeout`` for the first
+    call per (dtype, shape class) and while torch.compile compiles, ``memory_limit_mib``
+    of resident memory (0: none); ``framework`` (auto, torch, jax, numpy) says what arrays
+    it takes, ``triton_interpret`` runs Triton kernels on Triton's CPU interpreter, and
+    ``device`` is where it runs. Raises SettingsError (a ValueError, one line) for
+    settings that cannot make an audit.
     """
     settings, impls = audit_settings(
         implementations, dtypes=dtypes, regimes=regimes, profile=profile, examples=examples,
         max_classes=max_classes, seed=seed, max_ulps=max_ulps, precision=precision, shard=shard, timeout=timeout,
-        shrink_seconds=shrink_seconds,
+        shrink_seconds=shrink_seconds, compile_timeout=compile_timeout, memory_limit_mib=memory_limit_mib,
+        framework=framework, triton_interpret=triton_interpret, device=device,
     )  # fmt: skip
     command = "harness.audit(" + shlex.quote(", ".join(settings.implementations)) + ")"
     return run_audit(settings, Path(out), implementations=impls, command=command, workers=workers, progress=progress)

@@ -18,7 +18,8 @@ __all__ = ["merge_reports"]
 
 # Settings every shard of one campaign shares.
 _SAME_IN_EVERY_SHARD = ("seed", "examples", "max_classes", "profile", "dtypes", "regimes", "implementations",
-                        "precision")  # fmt: skip
+                        "precision", "timeout", "compile_timeout", "memory_limit_mib", "framework",
+                        "triton_interpret", "device")  # fmt: skip
 
 
 def _merged_reproducers(tables: list[pd.DataFrame | None]) -> pd.DataFrame | None:

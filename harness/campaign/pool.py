@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.calling.caller import Caller
 from harness.calling.registry import Implementation
 from harness.campaign.merge import merge_reports
 from harness.campaign.report import EXIT_INTERRUPTED, AuditReport
@@ -60,20 +59,29 @@ def run_in_pool(
     folders = {i: out / "cells" / f"{i + 1}-of-{len(cells)}" for i in mine}
     tasks = sorted(mine, key=lambda i: -_cell_cost(cells[i]))
     interrupted = False
+    lost: list[str] = []
     context = multiprocessing.get_context("spawn")  # no fork of a process holding torch's threads
     pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context)
     try:
-        futures = []
+        futures = {}
         for i in tasks:
             task = settings.replace(shard=(i + 1, len(cells)), shrink_seconds=0).to_json()
-            futures.append(pool.submit(_run_cell, task, str(folders[i]), command))
-        interrupted = EXIT_INTERRUPTED in [future.result() for future in futures]
+            futures[i] = pool.submit(_run_cell, task, str(folders[i]), command)
+        codes = []
+        for i, future in futures.items():
+            try:
+                codes.append(future.result())
+            except concurrent.futures.process.BrokenProcessPool as exc:  # a pool process died: its cells are lost
+                lost.append(f"{cells[i][0]}/{cells[i][1]}: the pool process running it died ({exc})")
+        interrupted = EXIT_INTERRUPTED in codes
     except KeyboardInterrupt:
         interrupted = True
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # a running cell finishes or writes its partial report
     finished = [folders[i] for i in mine if (folders[i] / "manifest.json").is_file()]
     if not finished:
+        if lost:
+            raise SettingsError(f"every cell was lost: {lost[0]}")
         raise KeyboardInterrupt("interrupted before any cell finished; nothing to merge")
 
     def shrink(records: pd.DataFrame) -> Reproducers | None:
@@ -82,9 +90,11 @@ def run_in_pool(
         stored = {}
         for folder in finished:  # every failing case of a cell is stored in its folder
             stored.update(load_cases(folder))
-        return shrink_failures(records, implementations, stored, policy=settings.policy,
-                               caller=Caller(timeout=settings.timeout), seconds=settings.shrink_seconds)  # fmt: skip
+        with settings.sandbox.caller() as caller:
+            return shrink_failures(records, implementations, stored, policy=settings.policy, caller=caller,
+                                   seconds=settings.shrink_seconds)  # fmt: skip
 
     report = merge_reports(finished, out, cells=[cells[i] for i in mine], shrink=shrink, shard=settings.shard)
     report.interrupted = report.interrupted or interrupted
+    report.tool_errors.extend(lost)
     return report
