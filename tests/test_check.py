@@ -157,17 +157,21 @@ def test_layout_output_must_have_the_targets_shape():
     assert multi["message"].str.contains("expected").all()
 
 
-def test_strided_regime_hands_implementations_their_exact_layout():
-    """The implementation receives the drawn strides and storage offset (copy_like), not a contiguous clone."""
-    seen = []
+def test_strided_regime_hands_implementations_their_exact_layout(tmp_path):
+    """The implementation receives the drawn strides and storage offset, not a contiguous clone."""
+    log = tmp_path / "layouts.txt"  # the implementation runs in a sandbox process: it writes what it saw
 
     def recording(logits, targets):
-        seen.append((tuple(logits.stride()), logits.storage_offset(), logits.is_contiguous()))
+        with open(log, "a") as out:
+            out.write(f"{tuple(logits.stride())};{logits.storage_offset()};{logits.is_contiguous()}\n")
         return F.cross_entropy(logits, targets, reduction="none")
 
     result = harness.check(recording, dtypes=["float32"], regimes=["strided"], examples=12)
-    assert result.passed and seen and not any(contiguous for _, _, contiguous in seen)
-    assert any(offset > 0 for _, offset, _ in seen) and any(stride[0] == 0 for stride, _, _ in seen)
+    seen = {tuple(line.split(";")) for line in log.read_text().splitlines()}
+    drawn = {(str(tuple(c.logits.stride())), str(c.logits.storage_offset()), str(c.logits.is_contiguous()))
+             for c in result.search.cases.values()}  # fmt: skip
+    assert result.passed and seen == drawn and not any(contiguous == "True" for _, _, contiguous in seen)
+    assert any(int(offset) > 0 for _, offset, _ in seen) and any(stride.startswith("(0,") for stride, _, _ in seen)
     broken = harness.check(mutants.ignores_strides, dtypes=["float32"], regimes=["strided"], examples=12)
     assert not broken.passed and not broken.counterexamples[0].case.contiguous
 
