@@ -15,8 +15,10 @@ import pandas as pd
 import torch
 
 from harness.calling.caller import DEFAULT_COMPILE_TIMEOUT, DEFAULT_MEMORY_LIMIT_MIB, DEFAULT_TIMEOUT
+from harness.calling.implementations import reference_for
 from harness.calling.loading import load_implementation, probe
-from harness.calling.registry import REGISTRY, Implementation, check_name, safe_label
+from harness.calling.registry import Implementation, check_name, safe_label
+from harness.calling.signature import OPS, resolve_options
 from harness.campaign.settings import SandboxSettings, check_device, check_regimes
 from harness.formats import FORMATS, Format, parse_dtype
 from harness.grading.verdicts import GRADED, VERDICTS, Policy
@@ -25,9 +27,7 @@ from harness.runner import RECORD_COLUMNS
 from harness.search import Counterexample, SearchResult, search
 from strategies import REGIMES
 
-__all__ = ["CheckResult", "assert_stable", "check", "check_device", "describe_counterexample"]
-
-REFERENCE = "torch"
+__all__ = ["CheckResult", "assert_stable", "check", "check_device", "describe_counterexample", "with_contract_settings"]
 
 
 @dataclass
@@ -108,10 +108,28 @@ def describe_counterexample(cx: Counterexample, replay_dir: str | None = None) -
             f"  logits  = shape {tuple(case.logits.shape)}; row {sample}: {extremes}, "
             f"{int(torch.isneginf(row).sum())} -inf, {int(torch.isnan(row).sum())} nan"
         )
-    target = int(case.row_targets[sample])
-    lines.append(f"  targets = {case.targets.tolist()}  (target logit {row[target].item()!r})")
-    where = "mean over samples" if r["reduction"] == "mean" else f"sample {sample}"
-    lines.append(f"  output  = {r['output']!r} ({r['output_bits']}), {where}")
+    op = r.get("op") or "cross_entropy"
+    if op == "cross_entropy":
+        contract = case.contract
+        if contract is not None and contract.probs is not None and r.get("soft_targets"):
+            lines.append(f"  targets = probabilities, row {sample}: {_values(contract.probs[sample])}")
+        else:
+            target = int(case.row_targets[sample])
+            lines.append(f"  targets = {case.targets.tolist()}  (target logit {row[target].item()!r})")
+        if r.get("options"):
+            lines.append(f"  options = {r['options']}")
+    else:
+        lines.append(f"  op      = {op} over the last dimension")
+    reduction = r["reduction"]
+    if reduction in ("mean", "sum"):
+        where = f"{reduction} over samples"
+    elif int(r.get("element", -1)) >= 0:
+        where = f"element [{sample}, {int(r['element'])}]"
+    else:
+        where = f"sample {sample}"
+    out_dtype = r.get("output_dtype") or case.format.name
+    dtype_note = f", {out_dtype} output" if out_dtype != case.format.name else ""
+    lines.append(f"  output  = {r['output']!r} ({r['output_bits']}), {where}{dtype_note}")
     lines.append(f"  oracle  = {r['oracle']!r} (exact {r['exact']!r})")
     lines.append(
         f"  error   = {r['abs_error']:.3g} absolute, {r['ulps']:g} ULPs, "
@@ -149,12 +167,42 @@ def _implementation(fn, name: str | None, dtypes: Sequence[Format], sandbox: San
     elif callable(fn):
         label = name or safe_label(str(getattr(fn, "__qualname__", None) or type(fn).__name__))
         impl = Implementation(label, fn, source="python", k_dimensional=bool(getattr(fn, "k_dimensional", False)))
+        # its op, options and output dtype are read in its sandbox (probe, below)
     else:
         raise TypeError(f"expected a callable, an Implementation or an IMPL spec, got {type(fn).__name__}")
     if not isinstance(fn, str) and impl.source != "built-in":  # built-ins are the harness's own: torch, importable
         impl = probe(impl, sandbox.worker_options)
     supported = tuple(f.dtype for f in dtypes if f.dtype in impl.dtypes)
     return dataclasses.replace(impl, name=name or impl.name, dtypes=supported)
+
+
+def with_contract_settings(
+    impl: Implementation,
+    *,
+    op: str | None = None,
+    options: str | Sequence[str] | None = None,
+    soft_targets: bool | None = None,
+    output_dtype: torch.dtype | str | None = None,
+) -> Implementation:
+    """``impl`` with its contract narrowed or widened as asked (see ``check``); ValueError (one line)."""
+    if op is not None:
+        if op not in OPS:
+            raise ValueError(f"unknown op {op!r}; expected one of {', '.join(OPS)}")
+        if op != "cross_entropy":
+            impl = dataclasses.replace(impl, op=op, options=frozenset(), soft_targets=False)
+        else:
+            impl = dataclasses.replace(impl, op=op)
+    if impl.op != "cross_entropy" and (options not in (None, "none") or soft_targets):
+        raise ValueError(f"options and probability targets apply to cross_entropy, not {impl.op}")
+    if impl.op == "cross_entropy":
+        impl = dataclasses.replace(impl, options=resolve_options(impl.options, options, var_keywords=impl.var_keywords))
+    if soft_targets is not None:
+        if not isinstance(soft_targets, bool):
+            raise ValueError(f"soft_targets must be True or False, got {soft_targets!r}")
+        impl = dataclasses.replace(impl, soft_targets=soft_targets)
+    if output_dtype is not None:
+        impl = dataclasses.replace(impl, output_dtype=parse_dtype(str(output_dtype)).dtype)
+    return impl
 
 
 def check(
@@ -177,6 +225,10 @@ def check(
     memory_limit_mib: float = DEFAULT_MEMORY_LIMIT_MIB,
     framework: str = "auto",
     triton_interpret: bool = False,
+    op: str | None = None,
+    options: str | Sequence[str] | None = None,
+    soft_targets: bool | None = None,
+    output_dtype: torch.dtype | str | None = None,
 ) -> CheckResult:
     """Run the strategies on ``fn(logits, targets)`` and judge every case.
 
@@ -197,6 +249,17 @@ def check(
     (N, C, d1, ..., dk) logits with (N, d1, ..., dk) targets, so the layout regime runs on
     it (default: the implementation's own declaration, or ``fn.k_dimensional``).
 
+    The contract (issue 14; README "The contract"): ``op`` is cross_entropy (default, or
+    ``fn.op``), or log_softmax, softmax, logsumexp, called ``fn(logits)`` over the last
+    dimension and graded per element. ``options`` narrows (or, for a ``**kwargs``
+    function, widens) the option keywords exercised, which default to those fn's
+    signature names (weight, ignore_index, reduction, label_smoothing, z_loss, softcap):
+    "none", "all", a comma-separated string or names. ``soft_targets``: fn also takes
+    float (N, C) probability targets (default ``fn.soft_targets``). ``output_dtype``: the
+    dtype the output must have (any other is bad_output); by default any float dtype is
+    graded in its own dtype, with the allowance of a computation at least as precise as
+    the wider of the logits' and the output's dtypes, rounded once.
+
     Raises ValueError (one line) for bad settings, an implementation that cannot be
     loaded or pickled, or a regime that cannot be drawn under the limits.
     """
@@ -213,12 +276,14 @@ def check(
     impl = _implementation(fn, name, formats, sandbox)
     if k_dimensional is not None:
         impl = dataclasses.replace(impl, k_dimensional=k_dimensional)
+    impl = with_contract_settings(impl, op=op, options=options, soft_targets=soft_targets, output_dtype=output_dtype)
     if not impl.k_dimensional:
         if regimes is not None and "layout" in chosen:
             raise ValueError(f"regime 'layout' needs k_dimensional=True: {impl.name} takes only (N, C) logits")
         chosen = [r for r in chosen if r != "layout"]
-    if impl.name == REFERENCE:
-        impl = dataclasses.replace(impl, name=f"{REFERENCE} (under test)")
+    reference = reference_for(impl.op, impl.options, impl.soft_targets)
+    if impl.name == reference.name:
+        impl = dataclasses.replace(impl, name=f"{reference.name} (under test)")
     formats = [f for f in formats if f.dtype in impl.dtypes]
     if not formats:
         raise ValueError(f"{impl.name} supports none of the requested dtypes")
@@ -227,7 +292,6 @@ def check(
         check_regimes(chosen, limit, impl.k_dimensional)
     chosen = [r for r in chosen if r != "large_vocab" or limit >= 1024]
     policy = Policy(max_ulps=max_ulps, strict=strict)
-    reference = REGISTRY.get(REFERENCE)
     with sandbox.caller() as caller:
         found = search(
             formats,
@@ -249,7 +313,7 @@ def check(
         )
     records = pd.DataFrame(found.records, columns=list(RECORD_COLUMNS))
     mine = records[records["impl"] == impl.name].reset_index(drop=True)
-    theirs = records[records["impl"] == REFERENCE].reset_index(drop=True)
+    theirs = records[records["impl"] == reference.name].reset_index(drop=True)
     graded = bool(mine["verdict"].isin(GRADED).any())
     passed = graded and not any(policy.fails(v) for v in mine["verdict"])
     return CheckResult(impl.name, passed, policy, mine, theirs, found.counterexamples, found.errors,

@@ -24,17 +24,19 @@ from pathlib import Path
 
 from harness import baseline as baselines
 from harness import interrupts
-from harness.api import check
+from harness.api import check, with_contract_settings
 from harness.bench import run_bench
 from harness.calling.caller import DEFAULT_COMPILE_TIMEOUT, DEFAULT_MEMORY_LIMIT_MIB, DEFAULT_TIMEOUT
 from harness.calling.frameworks import FRAMEWORKS
 from harness.calling.loading import LoadError, load_implementation
+from harness.calling.signature import OPS
 from harness.campaign.engine import resume_audit, run_audit
 from harness.campaign.merge import merge_reports
 from harness.campaign.report import AuditReport, check_writable, write_check_folder
 from harness.campaign.settings import DEFAULT_SHRINK_SECONDS, SandboxSettings, SettingsError, audit_settings
 from harness.demo import dominant_case, find_thresholds, panels
 from harness.formats import FORMATS, Format, parse_dtype
+from harness.oracle.options import OPTION_NAMES
 from harness.profiles import PROFILES, resolve_profile
 from harness.replay import replay_case
 from reports.demo import STORIES, render_demo, story_png
@@ -196,6 +198,15 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--strict", action="store_true", help="fail on 'inaccurate' results too")
     check.add_argument("--k-dimensional", action="store_true",
                        help="IMPL also takes (N, C, d1, ...) logits: run the layout regime on it")  # fmt: skip
+    check.add_argument("--op", choices=OPS, help="what IMPL computes (default: fn.op, else cross_entropy); "
+                       "log_softmax, softmax, logsumexp take fn(logits) over the last dimension")  # fmt: skip
+    check.add_argument("--options", metavar="LIST",
+                       help=f"the option keywords to exercise: a comma-separated list of {', '.join(OPTION_NAMES)}, "
+                       "or none, or all (default: those IMPL's signature names)")  # fmt: skip
+    check.add_argument("--soft-targets", action=argparse.BooleanOptionalAction, default=None,
+                       help="IMPL also takes float (N, C) probability targets (default: fn.soft_targets)")  # fmt: skip
+    check.add_argument("--output-dtype", type=_dtype, metavar="D",
+                       help="the dtype IMPL's output must have (default: any float dtype, graded in it)")  # fmt: skip
     check.add_argument("--save-baseline", type=Path, help="record per-(dtype, regime) statistics to FILE")
     check.add_argument("--baseline", type=Path, help="fail when worse than the statistics in FILE")
 
@@ -310,6 +321,11 @@ def _check(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise UsageError(str(exc)) from None
     if args.k_dimensional:
         impl = dataclasses.replace(impl, k_dimensional=True)
+    try:
+        impl = with_contract_settings(impl, op=args.op, options=args.options, soft_targets=args.soft_targets,
+                                      output_dtype=args.output_dtype and args.output_dtype.name)  # fmt: skip
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     regimes = audit_settings([impl], dtypes=formats, regimes=args.regime, max_classes=max_classes,
                              profile=profile.name)[0].regimes  # fmt: skip
     saved = None

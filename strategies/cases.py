@@ -8,6 +8,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import torch
 from hypothesis import strategies as st
@@ -16,6 +17,9 @@ from hypothesis.errors import InvalidArgument
 from harness.formats import FORMATS, Format
 from strategies.floats import as_format
 from strategies.regimes import LARGE_VOCABULARIES, REGIMES, row_strategy
+
+if TYPE_CHECKING:
+    from strategies.contract import Contract
 
 __all__ = ["Case", "batch_shapes", "cases", "class_counts"]
 
@@ -38,6 +42,8 @@ class Case:
     logits: torch.Tensor
     targets: torch.Tensor
     regime: str
+    # drawn options, ignored samples and probability targets (strategies.contract); None: plain
+    contract: Contract | None = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -76,6 +82,8 @@ class Case:
         digest.update(f"{self.format.name}{tuple(self.logits.shape)}".encode())
         digest.update(self._bit_bytes())
         digest.update(self.targets.numpy().tobytes())
+        if self.contract is not None:
+            digest.update(self.contract.digest())
         return digest.hexdigest()[:12]
 
     def to_json(self) -> dict:
@@ -87,6 +95,7 @@ class Case:
             "shape": list(self.logits.shape),
             "bits": base64.b64encode(self._bit_bytes()).decode("ascii"),
             "targets": self.targets.tolist(),
+            **({"contract": self.contract.to_json()} if self.contract is not None else {}),
         }
 
     @classmethod
@@ -94,7 +103,13 @@ class Case:
         fmt = as_format(data["dtype"])
         raw = bytearray(base64.b64decode(data["bits"]))
         bits = torch.frombuffer(raw, dtype=fmt.int_dtype).reshape(data["shape"])
-        case = cls(bits.view(fmt.dtype).clone(), torch.tensor(data["targets"], dtype=torch.int64), data["regime"])
+        contract = None
+        if data.get("contract") is not None:
+            from strategies.contract import Contract
+
+            contract = Contract.from_json(data["contract"], fmt.dtype)
+        case = cls(bits.view(fmt.dtype).clone(), torch.tensor(data["targets"], dtype=torch.int64), data["regime"],
+                   contract)  # fmt: skip
         if "case_id" in data and case.case_id != data["case_id"]:
             raise ValueError(f"stored case {data['case_id']} does not match its bits")
         return case
