@@ -21,7 +21,7 @@ from harness.calling.registry import Implementation, check_name, safe_label
 from harness.calling.signature import OPS, resolve_options
 from harness.campaign.settings import SandboxSettings, check_device, check_regimes
 from harness.formats import FORMATS, Format, parse_dtype
-from harness.grading.verdicts import GRADED, VERDICTS, Policy
+from harness.grading.verdicts import FAILED_CALLS, GRADED, VERDICTS, Policy
 from harness.profiles import resolve_profile
 from harness.runner import RECORD_COLUMNS
 from harness.search import Counterexample, SearchResult, search
@@ -129,12 +129,15 @@ def describe_counterexample(cx: Counterexample, replay_dir: str | None = None) -
         where = f"sample {sample}"
     out_dtype = r.get("output_dtype") or case.format.name
     dtype_note = f", {out_dtype} output" if out_dtype != case.format.name else ""
-    lines.append(f"  output  = {r['output']!r} ({r['output_bits']}), {where}{dtype_note}")
-    lines.append(f"  oracle  = {r['oracle']!r} (exact {r['exact']!r})")
-    lines.append(
-        f"  error   = {r['abs_error']:.3g} absolute, {r['ulps']:g} ULPs, "
-        f"{r['allowance_ratio']:.3g} x the allowance {r['allowance']:.3g}"
-    )
+    if r["outcome"] in FAILED_CALLS:  # no output to compare: say what happened instead
+        lines.append(f"  output  = none: the call ended as {r['outcome']}")
+    else:
+        lines.append(f"  output  = {r['output']!r} ({r['output_bits']}), {where}{dtype_note}")
+        lines.append(f"  oracle  = {r['oracle']!r} (exact {r['exact']!r})")
+        lines.append(
+            f"  error   = {r['abs_error']:.3g} absolute, {r['ulps']:g} ULPs, "
+            f"{r['allowance_ratio']:.3g} x the allowance {r['allowance']:.3g}"
+        )
     if r.get("message"):
         lines.append(f"  message = {r['message']}")
     if replay_dir:

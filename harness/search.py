@@ -26,7 +26,7 @@ from harness.calling.caller import Caller
 from harness.calling.registry import Implementation
 from harness.determinism import independent_of_local_constants
 from harness.formats import Format
-from harness.grading.verdicts import Policy
+from harness.grading.verdicts import FAILED_CALLS, Policy
 from harness.numerics import harness_numerics
 from harness.profiles import Profile
 from harness.runner import run_case
@@ -253,7 +253,9 @@ def _self_check_choice(result: SearchResult, count: int) -> list[dict]:
     for record in result.records:
         plain = not record.get("options") and record.get("op", "cross_entropy") == "cross_entropy" \
             and record.get("output_dtype", record["dtype"]) == record["dtype"]  # fmt: skip
-        if plain and record["reduction"] == "none" and record["oracle_certified"] and record["case_id"] in result.cases:
+        graded = int(record["sample"]) >= 0 and record["outcome"] not in FAILED_CALLS  # a failed call has no oracle value
+        if plain and graded and record["reduction"] == "none" and record["oracle_certified"] \
+                and record["case_id"] in result.cases:  # fmt: skip
             by_case.setdefault(record["case_id"], record)
     pools = []
     for low, high in SELF_CHECK_SIZE_CLASSES:

@@ -78,7 +78,7 @@ def _worst(rows: pd.DataFrame) -> str:
     if finite.empty:
         return "–"
     # the most ULPs and the largest error over the allowance, each over all finite results
-    return f"{_ulps(finite['ulps'].max())}, {_number(round(finite['allowance_ratio'].max(), 3))} × allowance"
+    return f"{_ulps(finite['ulps'].max())}, {_number(finite['allowance_ratio'].max())} × allowance"
 
 
 def _seconds(records: pd.DataFrame) -> float:
