@@ -16,12 +16,14 @@ import pandas as pd
 import torch
 
 from harness.calling.caller import DEFAULT_COMPILE_TIMEOUT, DEFAULT_MEMORY_LIMIT_MIB, DEFAULT_TIMEOUT, Caller
+from harness.calling.implementations import reference_for
 from harness.calling.loading import load_implementation, probe
-from harness.calling.registry import REGISTRY, Implementation, check_name, safe_label
+from harness.calling.registry import Implementation, check_name, safe_label
+from harness.calling.signature import OPS, resolve_options
 from harness.campaign.settings import SandboxSettings, check_device, check_regimes
 from harness.case_text import case_lines
 from harness.formats import FORMATS, Format, parse_dtype
-from harness.grading.verdicts import GRADED, VERDICTS, Policy
+from harness.grading.verdicts import FAILED_CALLS, GRADED, VERDICTS, Policy
 from harness.profiles import resolve_profile
 from harness.runner import RECORD_COLUMNS, run_case
 from harness.search import SELF_CHECK_CASES, Counterexample, SearchResult, oracle_self_check, search
@@ -29,9 +31,7 @@ from harness.user_case import CaseError, load_case
 from reports.stats import coverage_line
 from strategies import REGIMES, Case, regime_fits
 
-__all__ = ["CheckResult", "assert_stable", "check", "check_device", "describe_counterexample"]
-
-REFERENCE = "torch"
+__all__ = ["CheckResult", "assert_stable", "check", "check_device", "describe_counterexample", "with_contract_settings"]
 
 
 @dataclass
@@ -93,6 +93,10 @@ class CheckResult:
         return "\n".join(lines)
 
 
+def _values(t: torch.Tensor) -> str:
+    return "[" + ", ".join(repr(v) for v in t.to(torch.float64).tolist()) + "]"
+
+
 def describe_counterexample(cx: Counterexample, replay_dir: str | None = None) -> str:
     """A minimal counterexample in a few lines: inputs, output, oracle, error, regime, replay command.
 
@@ -106,16 +110,37 @@ def describe_counterexample(cx: Counterexample, replay_dir: str | None = None) -
         f"counterexample {case.case_id} ({case.format.name}, regime {case.regime}): {r['verdict']}, {r['outcome']}"
     ]
     lines.extend("  " + line for line in case_lines(case, sample))
-    target = int(case.row_targets[sample])
-    shown = case.targets.tolist() if case.n_samples <= 16 else f"{case.n_samples:,} targets"
-    lines.append(f"  targets = {shown}  (target logit {row[target].item()!r})")
-    where = "mean over samples" if r["reduction"] == "mean" else f"sample {sample}"
-    lines.append(f"  output  = {r['output']!r} ({r['output_bits']}), {where}")
-    lines.append(f"  oracle  = {r['oracle']!r} (exact {r['exact']!r})")
-    lines.append(
-        f"  error   = {r['abs_error']:.3g} absolute, {r['ulps']:g} ULPs, "
-        f"{r['allowance_ratio']:.3g} x the allowance {r['allowance']:.3g}"
-    )
+    op = r.get("op") or "cross_entropy"
+    if op == "cross_entropy":
+        contract = case.contract
+        if contract is not None and contract.probs is not None and r.get("soft_targets"):
+            lines.append(f"  targets = probabilities, row {sample}: {_values(contract.probs[sample])}")
+        else:
+            target = int(case.row_targets[sample])
+            shown = case.targets.tolist() if case.n_samples <= 16 else f"{case.n_samples:,} targets"
+            lines.append(f"  targets = {shown}  (target logit {row[target].item()!r})")
+        if r.get("options"):
+            lines.append(f"  options = {r['options']}")
+    else:
+        lines.append(f"  op      = {op} over the last dimension")
+    reduction = r["reduction"]
+    if reduction in ("mean", "sum"):
+        where = f"{reduction} over samples"
+    elif int(r.get("element", -1)) >= 0:
+        where = f"element [{sample}, {int(r['element'])}]"
+    else:
+        where = f"sample {sample}"
+    out_dtype = r.get("output_dtype") or case.format.name
+    dtype_note = f", {out_dtype} output" if out_dtype != case.format.name else ""
+    if r["outcome"] in FAILED_CALLS:  # no output to compare: say what happened instead
+        lines.append(f"  output  = none: the call ended as {r['outcome']}")
+    else:
+        lines.append(f"  output  = {r['output']!r} ({r['output_bits']}), {where}{dtype_note}")
+        lines.append(f"  oracle  = {r['oracle']!r} (exact {r['exact']!r})")
+        lines.append(
+            f"  error   = {r['abs_error']:.3g} absolute, {r['ulps']:g} ULPs, "
+            f"{r['allowance_ratio']:.3g} x the allowance {r['allowance']:.3g}"
+        )
     if r.get("message"):
         lines.append(f"  message = {r['message']}")
     if replay_dir:
@@ -157,17 +182,51 @@ def _implementation(fn, name: str | None, dtypes: Sequence[Format], sandbox: San
     return dataclasses.replace(impl, name=name or impl.name, dtypes=supported)
 
 
-def _declared(impl: Implementation, k_dimensional: bool | None, contiguous_only: bool | None) -> Implementation:
+def with_contract_settings(
+    impl: Implementation,
+    *,
+    op: str | None = None,
+    options: str | Sequence[str] | None = None,
+    soft_targets: bool | None = None,
+    output_dtype: torch.dtype | str | None = None,
+) -> Implementation:
+    """``impl`` with its contract narrowed or widened as asked (see ``check``); ValueError (one line)."""
+    if op is not None:
+        if op not in OPS:
+            raise ValueError(f"unknown op {op!r}; expected one of {', '.join(OPS)}")
+        if op != "cross_entropy":
+            impl = dataclasses.replace(impl, op=op, options=frozenset(), soft_targets=False)
+        else:
+            impl = dataclasses.replace(impl, op=op)
+    if impl.op != "cross_entropy" and (options not in (None, "none") or soft_targets):
+        raise ValueError(f"options and probability targets apply to cross_entropy, not {impl.op}")
+    if impl.op == "cross_entropy":
+        impl = dataclasses.replace(impl, options=resolve_options(impl.options, options, var_keywords=impl.var_keywords))
+    if soft_targets is not None:
+        if not isinstance(soft_targets, bool):
+            raise ValueError(f"soft_targets must be True or False, got {soft_targets!r}")
+        impl = dataclasses.replace(impl, soft_targets=soft_targets)
+    if output_dtype is not None:
+        impl = dataclasses.replace(impl, output_dtype=parse_dtype(str(output_dtype)).dtype)
+    return impl
+
+
+def _declared(impl: Implementation, k_dimensional: bool | None, contiguous_only: bool | None,
+              contract: dict) -> tuple[Implementation, Implementation]:  # fmt: skip
+    """(the implementation as declared, the built-in it is compared with)."""
     if k_dimensional is not None:
         impl = dataclasses.replace(impl, k_dimensional=k_dimensional)
     if contiguous_only is not None:
         impl = dataclasses.replace(impl, contiguous_only=contiguous_only)
-    if impl.name == REFERENCE:
-        impl = dataclasses.replace(impl, name=f"{REFERENCE} (under test)")
-    return impl
+    impl = with_contract_settings(impl, **contract)
+    reference = reference_for(impl.op, impl.options, impl.soft_targets)
+    if impl.name == reference.name:
+        impl = dataclasses.replace(impl, name=f"{reference.name} (under test)")
+    return impl, reference
 
 
-def _check_case(impl: Implementation, case: Case, policy: Policy, caller: Caller) -> CheckResult:
+def _check_case(impl: Implementation, reference: Implementation, case: Case, policy: Policy,
+                caller: Caller) -> CheckResult:  # fmt: skip
     """Grade exactly one given case: the same records, verdicts and counterexample format as a search."""
     if not impl.supports(case.dtype):
         raise ValueError(f"{impl.name} does not support {case.format.name}, the case's dtype")
@@ -178,7 +237,7 @@ def _check_case(impl: Implementation, case: Case, policy: Policy, caller: Caller
         raise ValueError(f"the case's logits are not contiguous ({case.layout}): {impl.name} declares contiguous_only")
     found = SearchResult()
     start = time.perf_counter()
-    records = run_case(case, [impl, REGISTRY.get(REFERENCE)], policy, caller)
+    records = run_case(case, [impl, reference], policy, caller)
     found.records.extend(records)
     found.cases[case.case_id] = case
     found.seen.add(case.case_id)
@@ -192,13 +251,13 @@ def _check_case(impl: Implementation, case: Case, policy: Policy, caller: Caller
             and not str(record["message"]).startswith("skipped:")
         ):
             found.counterexamples.append(Counterexample(case, record))
-    return _result(impl, policy, found)
+    return _result(impl, reference, policy, found)
 
 
-def _result(impl: Implementation, policy: Policy, found: SearchResult) -> CheckResult:
+def _result(impl: Implementation, reference: Implementation, policy: Policy, found: SearchResult) -> CheckResult:
     records = pd.DataFrame(found.records, columns=list(RECORD_COLUMNS))
     mine = records[records["impl"] == impl.name].reset_index(drop=True)
-    theirs = records[records["impl"] == REFERENCE].reset_index(drop=True)
+    theirs = records[records["impl"] == reference.name].reset_index(drop=True)
     graded = bool(mine["verdict"].isin(GRADED).any())  # a run that graded nothing never passes
     passed = graded and not any(policy.fails(v) for v in mine["verdict"])
     return CheckResult(impl.name, passed, policy, mine, theirs, found.counterexamples, found.errors,
@@ -227,6 +286,10 @@ def check(
     memory_limit_mib: float = DEFAULT_MEMORY_LIMIT_MIB,
     framework: str = "auto",
     triton_interpret: bool = False,
+    op: str | None = None,
+    options: str | Sequence[str] | None = None,
+    soft_targets: bool | None = None,
+    output_dtype: torch.dtype | str | None = None,
 ) -> CheckResult:
     """Run the strategies on ``fn(logits, targets)`` and judge every case.
 
@@ -255,6 +318,17 @@ def check(
     record and counterexample are those a search would give it; search options
     (``dtypes``, ``regimes``, ``examples``, ``profile``, ``max_classes``, ``seed``) must then be left out.
 
+    The contract (issue 14; README "The whole contract"): ``op`` is cross_entropy (default,
+    or ``fn.op``), or log_softmax, softmax, logsumexp, called ``fn(logits)`` over the last
+    dimension and graded per element. ``options`` narrows (or, for a ``**kwargs``
+    function, widens) the option keywords exercised, which default to those fn's
+    signature names (weight, ignore_index, reduction, label_smoothing, z_loss, softcap):
+    "none", "all", a comma-separated string or names. ``soft_targets``: fn also takes
+    float (N, C) probability targets (default ``fn.soft_targets``). ``output_dtype``: the
+    dtype the output must have (any other is bad_output); by default any float dtype is
+    graded in its own dtype, with the allowance of a computation at least as precise as
+    the wider of the logits' and the output's dtypes, rounded once.
+
     Raises ValueError (one line) for bad settings, an implementation that cannot be
     loaded or pickled, a regime that cannot be drawn under the limits, or a case that
     cannot be graded.
@@ -262,6 +336,7 @@ def check(
     sandbox = SandboxSettings(timeout, compile_timeout, memory_limit_mib, framework, triton_interpret,
                               device).validated()  # fmt: skip
     policy = Policy(max_ulps=max_ulps, strict=strict)
+    contract = {"op": op, "options": options, "soft_targets": soft_targets, "output_dtype": output_dtype}
     if case is not None:
         given = [n for n, v in (("dtypes", dtypes), ("regimes", regimes), ("examples", examples), ("profile", profile),
                                 ("max_classes", max_classes)) if v is not None]  # fmt: skip
@@ -271,9 +346,10 @@ def check(
             graded = load_case(case)
         except CaseError as exc:
             raise ValueError(str(exc)) from None
-        impl = _declared(_implementation(fn, name, [graded.format], sandbox), k_dimensional, contiguous_only)
+        impl, reference = _declared(_implementation(fn, name, [graded.format], sandbox), k_dimensional,
+                                    contiguous_only, contract)  # fmt: skip
         with sandbox.caller() as caller:
-            return _check_case(impl, graded, policy, caller)
+            return _check_case(impl, reference, graded, policy, caller)
     formats = _formats(dtypes)
     chosen = list(regimes or REGIMES)
     check_regimes(chosen, 1 << 62, True)  # unknown names first, before anything is loaded
@@ -282,7 +358,7 @@ def check(
         raise ValueError(f"examples must be >= 1, got {examples}")
     if max_classes is not None and max_classes < 2:
         raise ValueError(f"max_classes must be >= 2, got {max_classes}")
-    impl = _declared(_implementation(fn, name, formats, sandbox), k_dimensional, contiguous_only)
+    impl, reference = _declared(_implementation(fn, name, formats, sandbox), k_dimensional, contiguous_only, contract)
     if not impl.k_dimensional:
         if regimes is not None and "layout" in chosen:
             raise ValueError(f"regime 'layout' needs k_dimensional=True: {impl.name} takes only (N, C) logits")
@@ -304,7 +380,7 @@ def check(
         found = search(
             formats,
             chosen,
-            [impl, REGISTRY.get(REFERENCE)],
+            [impl, reference],
             profile=budget,
             seed=seed,
             examples=examples,
@@ -319,7 +395,7 @@ def check(
             caller=caller,
             progress=progress,
         )
-    return _result(impl, policy, found)
+    return _result(impl, reference, policy, found)
 
 
 def assert_stable(fn: Callable | Implementation | str, **options) -> CheckResult:

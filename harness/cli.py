@@ -24,11 +24,12 @@ from pathlib import Path
 
 from harness import baseline as baselines
 from harness import interrupts
-from harness.api import check
+from harness.api import check, with_contract_settings
 from harness.bench import run_bench
 from harness.calling.caller import DEFAULT_COMPILE_TIMEOUT, DEFAULT_MEMORY_LIMIT_MIB, DEFAULT_TIMEOUT
 from harness.calling.frameworks import FRAMEWORKS
 from harness.calling.loading import LoadError, load_implementation
+from harness.calling.signature import OPS
 from harness.campaign.engine import resume_audit, run_audit
 from harness.campaign.merge import merge_reports
 from harness.campaign.report import AuditReport, check_writable, write_check_folder
@@ -42,6 +43,7 @@ from harness.campaign.settings import (
 from harness.demo import dominant_case, find_thresholds, panels
 from harness.export import export_reproducers, export_tests
 from harness.formats import FORMATS, Format, parse_dtype
+from harness.oracle.options import OPTION_NAMES
 from harness.profiles import PROFILES, resolve_profile
 from harness.replay import replay_case
 from reports.demo import STORIES, render_demo, story_png
@@ -212,6 +214,15 @@ def _parser() -> argparse.ArgumentParser:
                        "or REPORT_DIR:CASE_ID")  # fmt: skip
     check.add_argument("--export-tests", type=Path, metavar="DIR",
                        help="write each counterexample as a self-contained pytest file in DIR")  # fmt: skip
+    check.add_argument("--op", choices=OPS, help="what IMPL computes (default: fn.op, else cross_entropy); "
+                       "log_softmax, softmax, logsumexp take fn(logits) over the last dimension")  # fmt: skip
+    check.add_argument("--options", metavar="LIST",
+                       help=f"the option keywords to exercise: a comma-separated list of {', '.join(OPTION_NAMES)}, "
+                       "or none, or all (default: those IMPL's signature names)")  # fmt: skip
+    check.add_argument("--soft-targets", action=argparse.BooleanOptionalAction, default=None,
+                       help="IMPL also takes float (N, C) probability targets (default: fn.soft_targets)")  # fmt: skip
+    check.add_argument("--output-dtype", type=_dtype, metavar="D",
+                       help="the dtype IMPL's output must have (default: any float dtype, graded in it)")  # fmt: skip
     check.add_argument("--save-baseline", type=Path, help="record per-(dtype, regime) statistics to FILE")
     check.add_argument("--baseline", type=Path, help="fail when worse than the statistics in FILE")
 
@@ -388,6 +399,11 @@ def _check(args: argparse.Namespace, argv: Sequence[str]) -> int:
         impl = dataclasses.replace(impl, k_dimensional=True)
     if args.contiguous_only:
         impl = dataclasses.replace(impl, contiguous_only=True)
+    try:
+        impl = with_contract_settings(impl, op=args.op, options=args.options, soft_targets=args.soft_targets,
+                                      output_dtype=args.output_dtype and args.output_dtype.name)  # fmt: skip
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if args.case:
         return _check_case(args, argv, impl, sandbox)
     regimes = audit_settings([impl], dtypes=formats, regimes=args.regime, max_classes=max_classes,

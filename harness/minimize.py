@@ -58,11 +58,17 @@ class _Search:
         self.reduced = False
         self.tried: set[str] = {case.case_id}
 
-    def attempt(self, logits: torch.Tensor, targets: torch.Tensor) -> bool:
-        """Keep (logits, targets) when the implementation still fails the same way on them."""
+    def attempt(self, logits: torch.Tensor, targets: torch.Tensor, *, keep_options: bool = True) -> bool:
+        """Keep (logits, targets) when the implementation still fails the same way on them.
+
+        The case's drawn options (strategies.contract) go with candidates of the same shape;
+        a candidate of another shape, or ``keep_options=False``, is called without them.
+        """
         if time.perf_counter() > self.deadline:
             raise _Deadline
-        candidate = Case(logits, targets, self.case.regime)
+        contract = self.case.contract
+        same_shape = logits.shape == self.case.logits.shape and targets.shape == self.case.targets.shape
+        candidate = Case(logits, targets, self.case.regime, contract if keep_options and same_shape else None)
         if candidate.case_id in self.tried:
             return False
         self.tried.add(candidate.case_id)
@@ -72,6 +78,12 @@ class _Search:
             return False
         self.case, self.record, self.reduced = candidate, record, True
         return True
+
+
+def _without_options(search: _Search) -> None:
+    """Options first: a failure that needs none of the drawn options is shown without them."""
+    if search.case.contract is not None:
+        search.attempt(search.case.logits, search.case.targets, keep_options=False)
 
 
 def _contiguous(search: _Search) -> None:
@@ -248,7 +260,7 @@ def minimize(case: Case, record: dict, fails: Fails, *, seconds: float) -> Minim
     try:
         while True:
             before = search.case.case_id
-            for step in (_contiguous, _same_rows, _rows, _classes, _values):
+            for step in (_without_options, _contiguous, _same_rows, _rows, _classes, _values):
                 step(search)
             if search.case.case_id == before:
                 complete = True

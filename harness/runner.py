@@ -7,25 +7,29 @@ outcome in its record; it never stops the run.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterable
 
-import numpy as np
 import torch
 
-from harness import oracle
 from harness.calling.caller import Caller
 from harness.calling.registry import Implementation
+from harness.formats import format_of
+from harness.grading.expected import Expectations
 from harness.grading.metrics import measure
-from harness.grading.verdicts import Policy, allowance
+from harness.grading.verdicts import Policy
 from harness.numerics import harness_numerics
+from harness.oracle.family import OracleArray
+from harness.oracle.options import LossOptions
 from strategies import Case
+from strategies.contract import Contract
 
 __all__ = ["RECORD_COLUMNS", "TIMING_COLUMNS", "run_case"]
 
 RECORD_COLUMNS = (
     "case_id", "regime", "dtype", "n_samples", "n_classes", "max_abs_logit", "spread",
-    "impl", "reduction", "sample", "output", "output_bits", "oracle", "exact", "abs_error", "rel_error",
+    "impl", "op", "reduction", "output_dtype", "options", "weighted", "ignore_index", "n_ignored",
+    "label_smoothing", "z_loss", "softcap", "soft_targets",
+    "sample", "element", "output", "output_bits", "oracle", "exact", "abs_error", "rel_error",
     "ulps", "bits", "outcome", "verdict", "allowance", "allowance_ratio",
     "oracle_certified", "oracle_precision", "oracle_method", "message", "impl_seconds", "compile_seconds",
     "oracle_seconds",
@@ -45,57 +49,30 @@ def _logit_stats(case: Case) -> dict:
     return {"max_abs_logit": max(abs(top), abs(bottom)), "spread": top - bottom}
 
 
-class _LazyOracle:
-    """Per-sample and mean oracle values for a case, each computed once, on first use."""
-
-    def __init__(self, case: Case) -> None:
-        self.case = case
-        self.seconds = 0.0
-        self._per_sample: list[oracle.OracleValue] | None = None
-        self._mean: oracle.OracleValue | None = None
-
-    def _timed(self, compute):
-        start = time.perf_counter()
-        try:
-            return compute()
-        finally:
-            self.seconds += time.perf_counter() - start
-
-    def per_sample(self) -> list[oracle.OracleValue]:
-        if self._per_sample is None:
-            self._per_sample = self._timed(lambda: oracle.evaluate(self.case.row_logits, self.case.row_targets))
-        return self._per_sample
-
-    def mean(self) -> oracle.OracleValue:
-        if self._mean is None:
-            self._mean = self._timed(lambda: oracle.mean_loss(self.case.row_logits, self.case.row_targets))
-        return self._mean
-
-
 def _failure(outcome: str, message: str) -> dict:
     nan = math.nan
     return {
-        "sample": -1, "output": nan, "output_bits": "", "oracle": nan, "exact": nan, "abs_error": math.inf,
-        "rel_error": math.inf, "ulps": nan, "bits": nan, "outcome": outcome, "message": message,
-        "verdict": "unstable", "allowance": nan, "allowance_ratio": math.inf,
+        "sample": -1, "element": -1, "output": nan, "output_bits": "", "oracle": nan, "exact": nan,
+        "abs_error": math.inf, "rel_error": math.inf, "ulps": nan, "bits": nan, "outcome": outcome,
+        "message": message, "verdict": "unstable", "allowance": nan, "allowance_ratio": math.inf,
     }  # fmt: skip
 
 
-def _special_rows(case: Case) -> np.ndarray:
-    """Rows holding +inf or NaN: no finite answer exists there."""
-    rows = case.row_logits
-    return (torch.isnan(rows) | torch.isposinf(rows)).any(dim=1).numpy()
-
-
-def _allowances(values: list[oracle.OracleValue], case: Case, mean: bool) -> np.ndarray:
-    exact = np.array([v.exact for v in values])
-    if not mean:
-        return allowance(exact, case.n_classes, case.format)
-    # the mean: the rows' allowances averaged, plus the rounding of an N-term sum
-    n = len(values)
-    with np.errstate(over="ignore"):
-        per_row = allowance(exact, case.n_classes, case.format).mean()
-        return np.array([per_row + case.format.unit_roundoff * math.log2(max(n, 1) * 2) * np.abs(exact).mean()])
+def _contract_columns(impl: Implementation, contract: Contract | None) -> dict:
+    """The options this implementation was called with, one column each (defaults where not exercised)."""
+    options = contract.options if contract is not None else LossOptions()
+    described = contract is not None and (contract.names or contract.probs is not None)
+    return {
+        "op": impl.op,
+        "options": contract.describe() if described else "",
+        "weighted": options.weight is not None,
+        "ignore_index": options.ignore_index if contract is not None and "ignore_index" in contract.names else None,
+        "n_ignored": len(contract.ignored) if contract is not None else 0,
+        "label_smoothing": options.label_smoothing,
+        "z_loss": options.z_loss,
+        "softcap": options.softcap,
+        "soft_targets": contract is not None and contract.probs is not None,
+    }
 
 
 def run_case(
@@ -119,8 +96,7 @@ def run_case(
 
 
 def _run_case(case: Case, implementations: Iterable[Implementation], policy: Policy, caller: Caller) -> list[dict]:
-    lazy = _LazyOracle(case)
-    special = _special_rows(case)
+    expectations = Expectations(case)
     shared = {
         "case_id": case.case_id, "regime": case.regime, "dtype": case.format.name,
         "n_samples": case.n_samples, "n_classes": case.n_classes, **_logit_stats(case),
@@ -129,44 +105,69 @@ def _run_case(case: Case, implementations: Iterable[Implementation], policy: Pol
     for impl in implementations:
         if not impl.supports_case(case):
             continue
+        contract = None
+        if impl.op == "cross_entropy" and case.contract is not None:
+            contract = case.contract.restricted(impl.options)
         called = caller.call(impl, case)
-        output, seconds = called.output, called.seconds
-        reduction = "none"
+        output = called.output
+        columns = {"reduction": "none", "output_dtype": case.format.name, **_contract_columns(impl, contract)}
         if called.failure:
-            metrics = _failure(called.failure, called.message)
-        elif output.shape != case.targets.shape:  # a scalar or (1,): the mean (the caller checked)
-            reduction = "mean"
-            values = lazy.per_sample()
-            # inf is an acceptable mean when a row's loss, or the sum of the rows' losses
-            # taken before dividing, overflows the dtype
-            with np.errstate(over="ignore"):
-                total = float(np.abs([v.exact for v in values]).sum())
-            overflowing_row = np.array([any(math.isinf(v.value) for v in values) or total > case.format.max_finite])
-            metrics = measure(
-                output, [lazy.mean()], case.dtype, allowed=_allowances(values, case, mean=True),
-                special_input=special.any(keepdims=True), accept_nonfinite=overflowing_row, policy=policy,
-            )  # fmt: skip
+            metrics, used = _failure(called.failure, called.message), None
         else:
-            values = lazy.per_sample()
-            allowed = _allowances(values, case, mean=False)
+            fmt_out = format_of(output.dtype)
+            expected = _expected(expectations, impl, case, contract, output)
+            expected = expected(fmt_out)
             metrics = measure(
-                output.reshape(-1), values, case.dtype, allowed=allowed, special_input=special, policy=policy
-            )
-        used = lazy.per_sample() if reduction == "none" else [lazy.mean()]
-        worst = used[max(metrics["sample"], 0)]
+                output, expected.values, output.dtype, allowed=expected.allowed, special_input=expected.special,
+                accept_nonfinite=expected.accept_nonfinite, policy=policy,
+            )  # fmt: skip
+            sample, element = divmod(metrics["sample"], expected.elements)
+            metrics.update(sample=sample, element=element if expected.elements > 1 else -1)
+            columns.update(reduction=expected.reduction, output_dtype=fmt_out.name)
+            used = expected.values
         records.append(
             {
                 **shared,
                 "impl": impl.name,
-                "reduction": reduction,
+                **columns,
                 "message": called.message,  # a failure's, or how an odd output was read
                 **metrics,
-                "oracle_certified": all(v.certified for v in used),
-                "oracle_precision": worst.precision,
-                "oracle_method": worst.method,
-                "impl_seconds": seconds,
+                **_provenance(used, metrics),
+                "impl_seconds": called.seconds,
                 "compile_seconds": called.compile_seconds,
-                "oracle_seconds": lazy.seconds,
+                "oracle_seconds": expectations.seconds,
             }
         )
     return records
+
+
+def _expected(expectations: Expectations, impl: Implementation, case: Case, contract: Contract | None, output):
+    """A function of the output's format giving what the output is graded against."""
+    if impl.op != "cross_entropy":
+        return lambda fmt: expectations.family(impl.op, fmt)
+    reduction = "none"
+    if tuple(output.shape) != tuple(case.targets.shape):  # a scalar or (1,): reduced (the caller checked)
+        reduction = "mean"
+        if contract is not None and "reduction" in contract.names:
+            reduction = contract.options.reduction
+    return lambda fmt: expectations.loss(contract, reduction, fmt)
+
+
+def _provenance(values, metrics: dict) -> dict:
+    """Whether every oracle value used was certified, and how the worst element's was decided."""
+    if values is None:
+        return {"oracle_certified": True, "oracle_precision": 0, "oracle_method": ""}  # no value was needed
+    if isinstance(values, OracleArray):
+        flat = max(metrics["sample"], 0) * (values.value.shape[1] if values.value.ndim == 2 else 1)
+        flat += max(metrics["element"], 0)
+        return {
+            "oracle_certified": bool(values.certified.all()),
+            "oracle_precision": int(values.precision.reshape(-1)[flat]),
+            "oracle_method": str(values.method.reshape(-1)[flat]),
+        }
+    worst = values[max(metrics["sample"], 0)]
+    return {
+        "oracle_certified": all(v.certified for v in values),
+        "oracle_precision": worst.precision,
+        "oracle_method": worst.method,
+    }

@@ -27,12 +27,12 @@ from harness.calling.caller import Caller
 from harness.calling.registry import Implementation
 from harness.determinism import independent_of_local_constants
 from harness.formats import Format
-from harness.grading.verdicts import Policy
+from harness.grading.verdicts import FAILED_CALLS, Policy
 from harness.minimize import minimize
 from harness.numerics import harness_numerics
 from harness.profiles import Profile
 from harness.runner import run_case
-from strategies import Case, anchor_cases, cases
+from strategies import Case, anchor_cases, cases, with_contract
 
 __all__ = ["Counterexample", "SearchResult", "cell_seed", "search"]
 
@@ -70,6 +70,12 @@ class _Flagged(Exception):
     def __init__(self, case: Case, record: dict) -> None:
         super().__init__(f"{record['impl']} flagged on case {case.case_id}")
         self.case, self.record = case, record
+
+
+def contract_of(implementations: Sequence[Implementation]) -> tuple[frozenset[str], bool]:
+    """(option names, probability targets) a run's cases draw: what any of its cross entropies takes."""
+    losses = [impl for impl in implementations if impl.op == "cross_entropy"]
+    return frozenset().union(*(impl.options for impl in losses)), any(impl.soft_targets for impl in losses)
 
 
 def cell_seed(seed: int, fmt: Format, regime: str) -> int:
@@ -160,6 +166,7 @@ def _search(formats, regimes, implementations, profile, seed, examples, max_clas
     max_classes = max_classes or profile.max_classes
     # shard (k, n) runs every n-th cell starting at the k-th: shards split a campaign
     cells = [(fmt, regime) for fmt in formats for regime in regimes][shard[0] - 1 :: shard[1]]
+    contract = contract_of(implementations)
     show = sys.stderr.isatty() if progress is None else progress
     with tqdm(total=len(cells) * examples, disable=not show, unit="case", desc="cases") as bar:
         for fmt, regime in cells:
@@ -202,7 +209,8 @@ def _search(formats, regimes, implementations, profile, seed, examples, max_clas
                 max_examples=examples, phases=phases, report_multiple_bugs=False, verbosity=Verbosity.quiet
             )
             @hypothesis_seed(cell_seed(seed, fmt, regime))
-            @given(cases(dtype=fmt, regimes=[regime], max_classes=max_classes, max_rows=profile.max_rows))
+            @given(with_contract(cases(dtype=fmt, regimes=[regime], max_classes=max_classes, max_rows=profile.max_rows),
+                                 *contract))  # fmt: skip
             def body(case: Case) -> None:
                 visit(case)
 
@@ -272,7 +280,11 @@ def _self_check_choice(result: SearchResult, count: int) -> list[dict]:
     class and taken from the classes in turn (small rows to vocabulary-size rows)."""
     by_case: dict[str, dict] = {}
     for record in result.records:
-        if record["reduction"] == "none" and record["oracle_certified"] and record["case_id"] in result.cases:
+        plain = not record.get("options") and record.get("op", "cross_entropy") == "cross_entropy" \
+            and record.get("output_dtype", record["dtype"]) == record["dtype"]  # fmt: skip
+        graded = int(record["sample"]) >= 0 and record["outcome"] not in FAILED_CALLS  # failed calls: no oracle value
+        if plain and graded and record["reduction"] == "none" and record["oracle_certified"] \
+                and record["case_id"] in result.cases:  # fmt: skip
             by_case.setdefault(record["case_id"], record)
     pools = []
     for low, high in SELF_CHECK_SIZE_CLASSES:

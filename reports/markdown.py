@@ -41,7 +41,8 @@ def render_summary(
     head = headline.assign(exact_share=headline["exact_share"].map(lambda s: f"{100 * s:.0f}%"))
     nonzero = [c for c in summary.columns if not (summary[c].dtype.kind in "iu" and summary[c].eq(0).all())]
     lines = [
-        "# Cross-entropy audit" + ("" if manifest.get("status") == "complete" else " (PARTIAL: interrupted)"),
+        ("# Cross-entropy check" if manifest.get("mode") == "check" else "# Cross-entropy audit")
+        + ("" if manifest.get("status") == "complete" else " (PARTIAL: interrupted)"),
         "",
         f"`{manifest['command']}` — seed {manifest['seed']}, {manifest['cases']} cases, "
         f"{manifest['records']} records, {manifest['seconds']:.1f} s",

@@ -11,9 +11,11 @@ from strategies import BANDS, band_of
 __all__ = [
     "GROUP",
     "HEADLINE_MEANINGS",
+    "by_option",
     "coverage",
     "coverage_line",
     "headline",
+    "option_values",
     "reproducer_table",
     "summarize",
     "worst_cases",
@@ -156,3 +158,48 @@ def coverage_line(records: pd.DataFrame) -> str:
         f"(up to {c['max_classes']:,}), {c['over_64_rows']} more than 64 samples (up to {c['max_rows']:,}), "
         f"{c['strided']} non-contiguous, {c['k_dimensional']} K-dimensional; cases per class count: {bands}"
     )
+
+
+def option_values(records: pd.DataFrame) -> pd.DataFrame:
+    """One categorical column per option, naming its drawn value's class (issue 14).
+
+    reduction (none, sum, mean); weight (none, weighted); ignored (none, some, all);
+    label_smoothing (0, (0, 1), 1); z_loss (0, > 0); softcap (none, capped); targets
+    (indices, probabilities). Records without option columns (older reports) get none.
+    """
+
+    def column(name, default):
+        return records[name] if name in records else pd.Series(default, index=records.index)
+
+    n_ignored, n_samples = column("n_ignored", 0).fillna(0), column("n_samples", 1)
+    smoothing, z = column("label_smoothing", 0.0).fillna(0.0), column("z_loss", 0.0).fillna(0.0)
+    return pd.DataFrame({
+        "reduction": column("reduction", "none"),
+        "weight": column("weighted", False).astype(bool).map({True: "weighted", False: "none"}),
+        "ignored": pd.Series("some", index=records.index).where(n_ignored > 0, "none").where(
+            ~((n_ignored > 0) & (n_ignored >= n_samples)), "all"),
+        "label_smoothing": pd.Series("(0, 1)", index=records.index).where(smoothing > 0, "0").where(
+            smoothing < 1, "1"),
+        "z_loss": pd.Series("> 0", index=records.index).where(z > 0, "0"),
+        "softcap": column("softcap", None).notna().map({True: "capped", False: "none"}),
+        "targets": column("soft_targets", False).astype(bool).map({True: "probabilities", False: "indices"}),
+    })  # fmt: skip
+
+
+def by_option(records: pd.DataFrame) -> pd.DataFrame:
+    """Per (option, value class): records, share of all records, unstable count and rate.
+
+    Only the records of calls that exercised options (a non-empty ``options`` column) count;
+    an empty frame when there are none.
+    """
+    if "options" not in records:
+        return pd.DataFrame(columns=["option", "value", "records", "share", "unstable", "unstable_rate"])
+    exercised = records[records["options"].fillna("").astype(str) != ""]
+    if exercised.empty:
+        return pd.DataFrame(columns=["option", "value", "records", "share", "unstable", "unstable_rate"])
+    values = option_values(exercised).assign(unstable=(exercised["verdict"] == "unstable").to_numpy())
+    long = values.melt(id_vars="unstable", var_name="option", value_name="value")
+    table = long.groupby(["option", "value"], sort=True).agg(records=("unstable", "size"), unstable=("unstable", "sum"))
+    table["share"] = table["records"] / len(exercised)
+    table["unstable_rate"] = table["unstable"] / table["records"]
+    return table.reset_index()[["option", "value", "records", "share", "unstable", "unstable_rate"]]

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from reports.html import render_html
+from reports.stats import by_option
 from strategies import Case
 
 __all__ = [
@@ -31,6 +32,7 @@ MANIFEST = "manifest.json"
 RECORDS_CSV = "records.csv"
 RECORDS_PARQUET = "records.parquet"
 SUMMARY_CSV = "summary.csv"
+OPTIONS_CSV = "options.csv"
 SUMMARY_MD = "summary.md"
 REPORT_HTML = "report.html"
 CASES = "cases.jsonl"
@@ -103,6 +105,9 @@ def write_report(
     }
     if reproducers is not None:
         producers[REPRODUCERS_CSV] = lambda: reproducers.to_csv(index=False)
+    options = by_option(records) if len(records) else None
+    if options is not None and len(options):  # per option value: share of records and unstable rate (issue 14)
+        producers[OPTIONS_CSV] = lambda: options.to_csv(index=False)
     if with_html and len(records):  # checkpoints skip the plots: they cost a second or two
         producers[REPORT_HTML] = lambda: render_html(records, summary, manifest, str(out), reproducers)
     producers[CASES] = lambda: "".join(json.dumps(c.to_json()) + "\n" for c in cases)
@@ -123,7 +128,7 @@ def write_checkpoint(out: Path, records: pd.DataFrame, cases: Iterable[Case], ma
     """
     out.mkdir(parents=True, exist_ok=True)
     errors = []
-    for stale in (RECORDS_PARQUET, SUMMARY_CSV, SUMMARY_MD, REPORT_HTML, REPRODUCERS_CSV):
+    for stale in (RECORDS_PARQUET, SUMMARY_CSV, SUMMARY_MD, REPORT_HTML, REPRODUCERS_CSV, OPTIONS_CSV):
         try:
             (out / stale).unlink(missing_ok=True)
         except OSError as exc:

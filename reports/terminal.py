@@ -22,7 +22,7 @@ import pandas as pd
 
 from harness.formats import FORMATS
 from reports.precision import precision_totals
-from reports.stats import coverage_line, headline
+from reports.stats import by_option, coverage_line, headline
 
 __all__ = ["FULL_COUNTEREXAMPLES", "MAX_CELLS", "audit_text", "check_text", "demo_text"]
 
@@ -78,7 +78,7 @@ def _worst(rows: pd.DataFrame) -> str:
     if finite.empty:
         return "–"
     # the most ULPs and the largest error over the allowance, each over all finite results
-    return f"{_ulps(finite['ulps'].max())}, {_number(round(finite['allowance_ratio'].max(), 3))} × allowance"
+    return f"{_ulps(finite['ulps'].max())}, {_number(finite['allowance_ratio'].max())} × allowance"
 
 
 def _seconds(records: pd.DataFrame) -> float:
@@ -141,6 +141,19 @@ def _where(records: pd.DataFrame, limit: int | None) -> list[str]:
     return lines
 
 
+def _option_lines(records: pd.DataFrame) -> list[str]:
+    """Where option values explain failures: each (option, value) whose unstable rate stands out."""
+    table = by_option(records)
+    if table.empty or not table["unstable"].any():
+        return []
+    overall = table.groupby("option")["unstable"].sum().max() / table.groupby("option")["records"].sum().max()
+    telling = table[(table["unstable"] > 0) & (table["unstable_rate"] >= 2 * overall)]
+    if telling.empty:
+        return []
+    parts = [f"{r.option} {r.value}: {int(r.unstable)} of {int(r.records)}" for r in telling.itertuples()]
+    return [f"Unstable more often with (option value: unstable of records): {'; '.join(parts)}"]
+
+
 def check_text(
     result,
     report_dir: Path | str,
@@ -179,6 +192,7 @@ def check_text(
             lines += _per_dtype_lines(records)
         else:
             lines += ["", *_where(records, None if verbose else MAX_CELLS)]
+            lines += _option_lines(records)
         if verbose:
             lines += [
                 "",

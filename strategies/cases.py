@@ -8,6 +8,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import torch
 from hypothesis import strategies as st
@@ -21,6 +22,9 @@ from strategies.layouts import layouts
 from strategies.regimes import REGIMES, SMALL_REGIMES, large_vocab, row_strategy
 from strategies.sizes import SMALL_CLASS_LIMIT, VOCABULARIES, row_counts, size_bands
 from strategies.tiles import MIN_TILED_CLASSES, tiled_class_counts
+
+if TYPE_CHECKING:
+    from strategies.contract import Contract
 
 __all__ = ["Case", "anchor_cases", "batch_shapes", "cases", "class_counts", "regime_fits"]
 
@@ -53,6 +57,8 @@ class Case:
     logits: torch.Tensor
     targets: torch.Tensor
     regime: str
+    # drawn options, ignored samples and probability targets (strategies.contract); None: plain
+    contract: Contract | None = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -116,6 +122,8 @@ class Case:
             digest.update(f"{self.format.name}{layout}".encode())
             digest.update(self._storage_bytes())
         digest.update(self.targets.contiguous().numpy().tobytes())
+        if self.contract is not None:
+            digest.update(self.contract.digest())
         return digest.hexdigest()[:12]
 
     def to_json(self) -> dict:
@@ -131,6 +139,7 @@ class Case:
             "shape": list(self.logits.shape),
             "bits": base64.b64encode(self._bit_bytes() if self.contiguous else self._storage_bytes()).decode("ascii"),
             "targets": self.targets.tolist(),
+            **({"contract": self.contract.to_json()} if self.contract is not None else {}),
         }
         if not self.contiguous:
             data.update(strides=list(self.logits.stride()), storage_offset=self.logits.storage_offset())
@@ -151,7 +160,12 @@ class Case:
             logits = values.as_strided(shape, strides, offset)
         else:
             logits = values.reshape(data["shape"])
-        case = cls(logits, torch.tensor(data["targets"], dtype=torch.int64), data["regime"])
+        contract = None
+        if data.get("contract") is not None:
+            from strategies.contract import Contract
+
+            contract = Contract.from_json(data["contract"], fmt.dtype)
+        case = cls(logits, torch.tensor(data["targets"], dtype=torch.int64), data["regime"], contract)
         if "case_id" in data and case.case_id != data["case_id"]:
             raise ValueError(f"stored case {data['case_id']} does not match its bits")
         return case

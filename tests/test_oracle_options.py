@@ -291,3 +291,17 @@ def test_float64_tiers_round_traps_correctly():
                     assert family("log_softmax", row, F16).value[0, 0] == -_round(truth, F16), (float(midpoint), x)
     for tier in estimates:
         assert below[tier] and above[tier], f"{tier}: too few traps ({below[tier]} below, {above[tier]} above)"
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32", "float16"])
+def test_softmax_of_huge_gaps_is_exactly_zero_from_the_float64_tier(dtype):
+    fmt = FORMATS[dtype]
+    top = fmt.max_finite / 4
+    rows = torch.tensor([[top, 0.0, -top], [1.0, 1.0 - 200.0, 1.0 - 104.0]], dtype=torch.float64).to(fmt.dtype)
+    out = family("softmax", rows, fmt)
+    assert out.value.tolist()[0] == [1.0, 0.0, 0.0] and out.certified.all()
+    assert set(out.method.ravel()) == {"float64"}
+    # exp(−200) underflows every format here; exp(−104) is a float32 subnormal, so not zero there
+    reference = [float(mpmath.exp(-mpmath.mpf(a)) / (1 + mpmath.exp(-200) + mpmath.exp(-104))) for a in (0, 200, 104)]
+    expected = torch.tensor(reference, dtype=torch.float64).to(fmt.dtype).double().tolist()
+    assert out.value.tolist()[1] == expected

@@ -59,7 +59,9 @@ __all__ = [
     "Caller",
     "Request",
     "compile_key",
+    "expected_shapes",
     "pickle_callable",
+    "request_for",
     "target_of",
 ]
 
@@ -399,28 +401,64 @@ class Caller:
         return CallResult(output, None, message, seconds, compiled, grad=grad, info=info)
 
     def call(self, impl: Implementation, case: Case) -> CallResult:
-        """``impl(case.logits, case.targets)``, checked: the owned output, or a failure outcome."""
-        request = Request((case.logits, case.targets), names=("logits", "targets"),
-                          repeat=2 if self.repeat else 1, key=compile_key(case))  # fmt: skip
-        result = self.invoke(impl, request)
+        """``impl`` on the case, as its contract says, checked: the owned output, or a failure outcome.
+
+        cross_entropy: ``fn(logits, targets, **options)`` (targets: class indices, with the
+        ignored samples' set to ignore_index, or probability targets); the softmax family:
+        ``fn(logits)``. See ``request_for`` and ``expected_shapes``.
+        """
+        result = self.invoke(impl, request_for(impl, case, repeat=2 if self.repeat else 1))
         if result.failure:
             return result
-        problem = self._validate(result, case)
+        problem = self._validate(result, impl, case)
         if problem:
             return CallResult(None, "bad_output", problem, result.seconds, result.compile_seconds, info=result.info)
         return result
 
-    def _validate(self, result: CallResult, case: Case) -> str | None:
+    def _validate(self, result: CallResult, impl: Implementation, case: Case) -> str | None:
         info = result.info
-        expected = tuple(case.targets.shape)
+        shapes = expected_shapes(impl, case)
         shape = tuple(info.get("shape", ()))
-        if shape not in (expected, (), (1,)):  # () and (1,) count as a mean
-            return f"returned shape {shape}, expected {expected} or ()"
+        if shape not in shapes:
+            return f"returned shape {shape}, expected {' or '.join(str(s) for s in shapes)}"
         dtype = f"torch.{info.get('dtype')}"
-        if dtype != str(case.dtype):
-            return f"returned dtype {dtype} for {case.dtype} logits"
+        if impl.output_dtype is not None and dtype != str(impl.output_dtype):
+            return f"returned dtype {dtype} for {case.dtype} logits; the required output dtype is {impl.output_dtype}"
+        if dtype not in _FLOAT_DTYPES:
+            return (
+                f"returned dtype {dtype} for {case.dtype} logits; expected a float dtype ({', '.join(_FLOAT_DTYPES)})"
+            )
         if info.get("device") != self.device.type:
             return f"returned a tensor on {info.get('device')}, expected {self.device}"
-        if result.output is None or result.output.dtype != case.dtype or tuple(result.output.shape) != shape:
+        if result.output is None or str(result.output.dtype) != dtype or tuple(result.output.shape) != shape:
             return "returned a tensor whose values could not be read"
         return None
+
+
+_FLOAT_DTYPES = ("torch.float16", "torch.bfloat16", "torch.float32", "torch.float64")
+
+
+def request_for(impl: Implementation, case: Case, repeat: int = 2) -> Request:
+    """The call of ``impl`` on ``case``: positional logits (and targets), options by keyword."""
+    if impl.op != "cross_entropy":
+        return Request((case.logits,), names=("logits",), repeat=repeat, key=compile_key(case))
+    contract = case.contract.restricted(impl.options) if case.contract is not None else None
+    if contract is None:
+        targets, kwargs = case.targets, {}
+    else:
+        targets = contract.probs if contract.probs is not None else contract.targets_for(case.targets)
+        kwargs = contract.kwargs(case.dtype)
+    return Request((case.logits, targets), kwargs=kwargs, names=("logits", "targets"), repeat=repeat,
+                   key=compile_key(case))  # fmt: skip
+
+
+def expected_shapes(impl: Implementation, case: Case) -> tuple[tuple[int, ...], ...]:
+    """The output shapes ``impl`` may return on ``case``: () and (1,) stand for a reduced (scalar) loss."""
+    if impl.op == "logsumexp":
+        return ((case.logits.shape[0],),)
+    if impl.op != "cross_entropy":
+        return (tuple(case.logits.shape),)
+    per_sample = tuple(case.targets.shape)
+    if case.contract is not None and "reduction" in impl.options and "reduction" in case.contract.names:
+        return (per_sample,) if case.contract.options.reduction == "none" else ((), (1,))
+    return (per_sample, (), (1,))

@@ -1,7 +1,12 @@
 """The built-in implementations, declared in the registry like any user's.
 
-All of them return per-sample losses, shape (N,), computed in the dtype of the logits;
-torch's also takes (N, C, d1, ..., dk) logits (k_dimensional).
+Cross entropy: stable, naive and torch return per-sample losses, shape (N,), computed in
+the dtype of the logits; torch's also takes (N, C, d1, ..., dk) logits (k_dimensional).
+The softmax family (issue 14): torch's and a naive (unshifted) version of each of
+log_softmax, softmax and logsumexp over the last dimension, side by side in the default
+audit. ``REFERENCES`` holds what ``check`` compares an implementation with when its
+contract is wider than plain cross entropy: torch's cross entropy with every option it
+takes and probability targets.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import torch.nn.functional as F
 
 from harness.calling.registry import REGISTRY, Registry
 
-__all__ = ["PRECISION", "naive", "stable", "torch_cross_entropy"]
+__all__ = ["PRECISION", "REFERENCES", "naive", "reference_for", "stable", "torch_cross_entropy"]
 
 
 @REGISTRY.declare("stable", description="the seed notebook's max shift + log-sum-exp + advanced indexing")
@@ -32,6 +37,59 @@ def naive(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 @REGISTRY.declare("torch", description="torch.nn.functional.cross_entropy(reduction='none')", k_dimensional=True)
 def torch_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, targets, reduction="none")
+
+
+@REGISTRY.declare("torch.log_softmax", op="log_softmax", description="torch.log_softmax(x, dim=-1)")
+def torch_log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(logits, dim=-1)
+
+
+@REGISTRY.declare("naive.log_softmax", op="log_softmax", description="log(exp(x) / sum(exp(x))), no shift")
+def naive_log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    exps = torch.exp(logits)
+    return torch.log(exps / exps.sum(dim=-1, keepdim=True))
+
+
+@REGISTRY.declare("torch.softmax", op="softmax", description="torch.softmax(x, dim=-1)")
+def torch_softmax(logits: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(logits, dim=-1)
+
+
+@REGISTRY.declare("naive.softmax", op="softmax", description="exp(x) / sum(exp(x)), no shift")
+def naive_softmax(logits: torch.Tensor) -> torch.Tensor:
+    exps = torch.exp(logits)
+    return exps / exps.sum(dim=-1, keepdim=True)
+
+
+@REGISTRY.declare("torch.logsumexp", op="logsumexp", description="torch.logsumexp(x, dim=-1)")
+def torch_logsumexp(logits: torch.Tensor) -> torch.Tensor:
+    return torch.logsumexp(logits, dim=-1)
+
+
+@REGISTRY.declare("naive.logsumexp", op="logsumexp", description="log(sum(exp(x))), no shift")
+def naive_logsumexp(logits: torch.Tensor) -> torch.Tensor:
+    return torch.log(torch.exp(logits).sum(dim=-1))
+
+
+# What `check` compares an implementation with, when its op or options are not plain cross entropy.
+REFERENCES = Registry()
+
+
+@REFERENCES.declare("torch (options)", k_dimensional=True, soft_targets=True,
+                    description="torch.nn.functional.cross_entropy with weight, ignore_index, reduction, "
+                                "label_smoothing and probability targets")  # fmt: skip
+def torch_cross_entropy_options(logits, targets, weight=None, ignore_index=-100, reduction="none", label_smoothing=0.0):
+    return F.cross_entropy(logits, targets, weight=weight, ignore_index=ignore_index, reduction=reduction,
+                           label_smoothing=label_smoothing)  # fmt: skip
+
+
+def reference_for(op: str, options: frozenset[str] = frozenset(), soft_targets: bool = False):
+    """The built-in that ``check`` runs beside an implementation of ``op`` taking ``options``."""
+    if op != "cross_entropy":
+        return REGISTRY.get(f"torch.{op}")
+    if options or soft_targets:
+        return REFERENCES.get("torch (options)")
+    return REGISTRY.get("torch")
 
 
 # Ways of computing the same loss in low precision, compared by `audit --precision`.

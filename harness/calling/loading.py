@@ -12,6 +12,12 @@ contiguous logits says ``fn.contiguous_only = True``; it then gets no strided ca
 A ``file.py:function`` spec is resolved against the working directory it is loaded from:
 the implementation's name and source are ``/absolute/path/file.py:function``, so reports
 (which store them) replay, resume and merge from any working directory.
+Its contract (issue 14)
+is read the same way: the option keywords its signature names (``weight``,
+``ignore_index``, ``reduction``, ``label_smoothing``, ``z_loss``, ``softcap``), and the
+attributes ``fn.op`` (``log_softmax``, ``softmax``, ``logsumexp``; default
+``cross_entropy``), ``fn.soft_targets = True`` (it takes float (N, C) probability
+targets) and ``fn.output_dtype`` (the dtype its output must have, e.g. ``torch.float32``).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from harness.calling.caller import target_of
 from harness.calling.registry import REGISTRY, Implementation, check_name
 from harness.calling.sandbox import LoadFailed, Target, WorkerOptions, acquire, release
 
-__all__ = ["LoadError", "load_implementation", "probe"]
+__all__ = ["LoadError", "contract_fields", "load_implementation", "probe"]
 
 
 class LoadError(ValueError):
@@ -38,6 +44,33 @@ def _location(spec: str, target: str, attr: str) -> str:
             raise LoadError(f"cannot load {spec!r}: no file {path}")
         return f"{path.resolve()}:{attr}"
     return f"{target}:{attr}"
+
+
+def contract_fields(info: dict, label: str) -> dict:
+    """Implementation fields (op, options, soft_targets, output_dtype) from a worker's load report.
+
+    Raises LoadError (one line) for an op or output dtype the harness does not know.
+    """
+    from harness.calling.signature import OPS
+    from harness.formats import FORMATS
+
+    op = str(info.get("op", "cross_entropy"))
+    if op not in OPS:
+        raise LoadError(f"{label} declares op {op!r}; expected one of {', '.join(OPS)}")
+    output_dtype = info.get("output_dtype")
+    if output_dtype is not None:
+        fmt = FORMATS.get(str(output_dtype))
+        if fmt is None:
+            raise LoadError(f"{label} declares output_dtype {output_dtype!r}; expected one of {', '.join(FORMATS)}")
+        output_dtype = fmt.dtype
+    cross_entropy = op == "cross_entropy"
+    return {
+        "op": op,
+        "options": frozenset(info.get("options", ())) if cross_entropy else frozenset(),
+        "soft_targets": bool(info.get("soft_targets", False)) and cross_entropy,
+        "output_dtype": output_dtype,
+        "var_keywords": bool(info.get("var_keywords", False)) and cross_entropy,
+    }
 
 
 def _describe(target: Target, options: WorkerOptions) -> dict:
@@ -83,6 +116,7 @@ def load_implementation(spec: str, options: WorkerOptions | None = None) -> Impl
         contiguous_only=bool(info.get("contiguous_only", False)),
         location=location,
         framework=str(info.get("framework", "torch")),
+        **contract_fields(info, spec),
     )
 
 
@@ -104,4 +138,5 @@ def probe(impl: Implementation, options: WorkerOptions | None = None) -> Impleme
         except (LoadFailed, ValueError) as again:
             raise LoadError(f"cannot load {impl.name!r} in its sandbox: {again}") from None
         impl = dataclasses.replace(impl, pickle_by_value=True)  # what works: callers pickle it so too
-    return dataclasses.replace(impl, framework=str(info.get("framework", impl.framework)))
+    contract = contract_fields(info, impl.name) if impl.source == "python" else {}
+    return dataclasses.replace(impl, framework=str(info.get("framework", impl.framework)), **contract)

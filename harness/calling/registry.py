@@ -56,7 +56,12 @@ def safe_label(text: str) -> str:
 
 @dataclass(frozen=True)
 class Implementation:
-    """One cross-entropy implementation under test."""
+    """One implementation under test: a cross entropy (the default op) or a softmax-family function.
+
+    ``op``: cross_entropy is called ``fn(logits, targets, **options)``; log_softmax,
+    softmax and logsumexp are called ``fn(logits)`` and reduce over the last dimension of
+    (N, C) logits. Raises ValueError for an unknown op or option name.
+    """
 
     name: str
     fn: LossFn | None = field(default=None, repr=False)  # None: loaded from ``location`` in its sandbox only
@@ -72,16 +77,40 @@ class Implementation:
     location: str = ""  # the spec a sandbox imports, file paths made absolute; "" for callables
     framework: str = "torch"  # what its sandbox hands it: torch, jax or numpy (detected at load)
     pickle_by_value: bool = field(default=False, repr=False)  # its module cannot be imported by name there
+    # The contract it is checked against (issue 14; harness.calling.signature):
+    op: str = "cross_entropy"  # or log_softmax, softmax, logsumexp: fn(logits) over the last dimension
+    options: frozenset[str] = frozenset()  # option keywords it is called with (read from its signature)
+    soft_targets: bool = False  # also takes float (N, C) probability targets
+    output_dtype: torch.dtype | None = None  # the dtype its output must have; None: any float dtype
+    var_keywords: bool = field(default=False, repr=False)  # takes **kwargs: --options may name any option
+
+    def __post_init__(self) -> None:
+        from harness.calling.signature import OPS
+        from harness.oracle.options import OPTION_NAMES
+
+        if self.op not in OPS:
+            raise ValueError(f"unknown op {self.op!r} for {self.name}; expected one of {', '.join(OPS)}")
+        unknown = sorted(set(self.options) - set(OPTION_NAMES))
+        if unknown:
+            raise ValueError(
+                f"unknown option {unknown[0]!r} for {self.name}; expected some of {', '.join(OPTION_NAMES)}"
+            )
+        if self.op != "cross_entropy" and (self.options or self.soft_targets):
+            raise ValueError(f"{self.name}: options and probability targets apply to cross_entropy only, not {self.op}")
+        object.__setattr__(self, "options", frozenset(self.options))
 
     def supports(self, dtype: torch.dtype) -> bool:
         return dtype in self.dtypes
 
     def supports_case(self, case: Case) -> bool:
-        return (
-            self.supports(case.dtype)
-            and (case.logits.ndim == 2 or self.k_dimensional)
-            and (case.contiguous or not self.contiguous_only)
-        )
+        if not self.supports(case.dtype):
+            return False
+        if self.op != "cross_entropy":  # the family takes (N, C) logits, without targets
+            return case.logits.ndim == 2 and (case.contiguous or not self.contiguous_only)
+        contract = getattr(case, "contract", None)
+        if contract is not None and contract.probs is not None and not self.soft_targets:
+            return False
+        return (case.logits.ndim == 2 or self.k_dimensional) and (case.contiguous or not self.contiguous_only)
 
 
 class Registry:
@@ -105,11 +134,19 @@ class Registry:
         description: str = "",
         k_dimensional: bool = False,
         contiguous_only: bool = False,
+        op: str = "cross_entropy",
+        soft_targets: bool = False,
+        output_dtype: torch.dtype | None = None,
     ):
-        """Decorator form of register() for a function defined in place."""
+        """Decorator form of register() for a function defined in place; its options come from its signature."""
 
         def wrap(fn: LossFn) -> LossFn:
-            self.register(Implementation(name, fn, dtypes, "built-in", description, k_dimensional, contiguous_only))
+            from harness.calling.signature import accepted_options
+
+            options = accepted_options(fn) if op == "cross_entropy" else frozenset()
+            self.register(Implementation(name, fn, dtypes, "built-in", description, k_dimensional, contiguous_only,
+                                         op=op, options=options, soft_targets=soft_targets,
+                                         output_dtype=output_dtype))  # fmt: skip
             return fn
 
         return wrap

@@ -191,7 +191,29 @@ def _load(init: dict):
     except Exception:
         doc, k_dimensional, contiguous_only = "", False, False
     return fn, {"description": doc if isinstance(doc, str) else "", "k_dimensional": k_dimensional,
-                "contiguous_only": contiguous_only, "framework": framework}  # fmt: skip
+                "contiguous_only": contiguous_only,
+                "framework": framework, **_contract(fn)}  # fmt: skip
+
+
+def _contract(fn) -> dict:
+    """What fn declares about its contract: op, options (from its signature), soft targets, output dtype."""
+    from harness.calling.signature import accepted_options, takes_var_keywords
+
+    def attribute(name, default):
+        try:
+            return getattr(fn, name, default)
+        except Exception:  # a hostile __getattr__ declares nothing
+            return default
+
+    op = attribute("op", "cross_entropy")
+    output_dtype = attribute("output_dtype", None)
+    return {
+        "op": op if isinstance(op, str) else "cross_entropy",
+        "options": sorted(accepted_options(fn)),
+        "var_keywords": takes_var_keywords(fn),
+        "soft_targets": bool(attribute("soft_targets", False)),
+        "output_dtype": None if output_dtype is None else str(output_dtype).removeprefix("torch."),
+    }
 
 
 def _jit_loaded() -> bool:

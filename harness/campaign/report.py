@@ -134,7 +134,7 @@ def write_check_folder(result, out: Path, *, command: str, run: dict) -> list[st
     ``result`` is a harness.api.CheckResult; ``run`` the settings the manifest records.
     """
     records = pd.concat([result.records, result.reference], ignore_index=True)
-    settings = {**run, "passed": result.passed, "counts": result.counts}
+    settings = {**run, "mode": "check", "passed": result.passed, "counts": result.counts}
     counterexample_ids = {cx.case.case_id for cx in result.counterexamples}
     status = "partial" if result.search.interrupted else "complete"
     return write_folder(out, records, result.search, settings, command=command, status=status,

@@ -123,8 +123,9 @@ def loss_allowance(
         err = err + z * 2 * lse.abs() * e_lse + u_w * z * lse * lse
     if options.softcap is not None:
         err = err + 4 * u_w * options.softcap * (2 * k + 2 * options.z_loss * lse.abs())
-    total = SAFETY * err.numpy() + u_extra * loss
-    return np.where(ignored.numpy(), 0.0, total)
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = SAFETY * err.numpy() + (u_extra * loss if u_extra else 0.0)
+    return np.where(ignored.numpy(), 0.0, np.nan_to_num(total, nan=math.inf))
 
 
 def reduction_allowance(

@@ -121,7 +121,10 @@ def _fast(rows: torch.Tensor, op: str, fmt: Format) -> tuple[np.ndarray, np.ndar
     p = torch.exp(-a)
     err_p = p * (torch.expm1(err_a) + LIBM_ULPS * 2 * U) * 1.01 + 2 * TINY
     ok, candidate = _certify(p - err_p, p + err_p, p, fmt)
-    value = torch.where(masked, 0.0, candidate)
+    # exp(−A) below half the smallest subnormal rounds to 0, however loose A's bound is (huge logits)
+    underflows = live & ((a - err_a) > 1.0 - math.log(fmt.smallest_subnormal / 2))
+    ok = ok | underflows
+    value = torch.where(masked | underflows, 0.0, candidate)
     return ((ok & live) | masked).numpy(), value.numpy(), p.numpy()
 
 

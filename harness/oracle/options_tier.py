@@ -327,7 +327,8 @@ def reduced_loss(samples: Sequence[Sample], options: LossOptions, fmt: Format) -
         total = isum(parts, prec) if parts else (gmpy2.mpfr(0), gmpy2.mpfr(0))
         if options.reduction == "mean":
             if denominator == 0:
-                value = math.nan if total[1] == 0 else math.inf  # 0 / 0; a z-loss over zero weight
+                # torch divides each term by W, and its nll term is then 0 / 0: NaN whatever the rest is
+                value = math.nan
                 return OracleValue(value, value, True, 0, "special")
             with gmpy2.context(precision=prec, round=_DOWN):
                 lo = total[0] / denominator

@@ -71,7 +71,9 @@ def _reduce(loss, sample_weight, reduction, *, mean_by_rows=False, ignored_in_me
         return total / len(loss)
     if ignored_in_mean:
         return total / (sample_weight.sum() + (sample_weight == 0).sum())
-    return total / sample_weight.sum()
+    weight = sample_weight.sum()
+    # torch's mean over zero weight is NaN (its nll term is 0 / 0), whatever smoothing or z-loss add
+    return total / weight if weight != 0 else torch.full((), float("nan"), dtype=total.dtype)
 
 
 def _running_sum(loss, sample_weight, reduction):
