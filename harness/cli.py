@@ -25,7 +25,9 @@ from harness.api import check, check_device
 from harness.bench import run_bench
 from harness.calling.caller import DEFAULT_TIMEOUT
 from harness.calling.loading import LoadError, load_implementation
+from harness.campaign import interrupts
 from harness.campaign.engine import resume_audit, run_audit
+from harness.campaign.executors import EXECUTORS
 from harness.campaign.merge import merge_reports
 from harness.campaign.report import AuditReport, check_writable, write_check_folder
 from harness.campaign.settings import DEFAULT_SHRINK_SECONDS, SettingsError, audit_settings
@@ -41,6 +43,7 @@ __all__ = ["main"]
 
 EXIT_OK, EXIT_FLAGGED, EXIT_USAGE, EXIT_TOOL_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 OUT_ROOT = Path("harness-out")
+STOP_GRACE_CLI = 30.0  # seconds a run may take to stop after Ctrl-C/SIGTERM before it is ended at once
 
 
 class UsageError(Exception):
@@ -145,17 +148,23 @@ def _parser() -> argparse.ArgumentParser:
         metavar="K/N",
         help="run only the K-th of every N (dtype, regime) cells; combine shards with merge",
     )
-    audit.add_argument(
-        "--workers",
-        type=_positive,
-        default=1,
-        help="spread the (dtype, regime) cells over a pool of this many processes, then merge (default 1)",
-    )
+    audit.add_argument("--strict", action="store_true",
+                       help="'inaccurate' results count as failures too (shrunk like 'unstable' ones)")  # fmt: skip
+    audit.add_argument("--executor", choices=EXECUTORS,
+                       help="where the cells run: inprocess (default), pool (--workers processes), dask (a local "
+                            "cluster of --workers processes, or the one at --scheduler); every one writes the same "
+                            "records")  # fmt: skip
+    audit.add_argument("--workers", type=_positive,
+                       help="processes of the pool or of the local Dask cluster; alone: --executor pool")  # fmt: skip
+    audit.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run the cells on the Dask cluster at ADDRESS (tcp://host:8786); implies dask")  # fmt: skip
+    audit.add_argument("--force", action="store_true",
+                       help="write to --out (or the --resume folder) even if another run holds its lock")  # fmt: skip
     audit.add_argument("--shrink-seconds", type=_non_negative_float, default=DEFAULT_SHRINK_SECONDS,
                        metavar="SECONDS", help="time for shrinking minimal reproducers of the failures "
                        f"after the run (default {DEFAULT_SHRINK_SECONDS:g}; 0: none)")  # fmt: skip
     audit.add_argument("--resume", type=Path, metavar="DIR",
-                       help="continue the partial audit in DIR with its own settings")  # fmt: skip
+                       help="continue the partial audit in DIR with its own settings (any executor)")  # fmt: skip
 
     check = sub.add_parser("check", help="judge one implementation; exit 1 when it is flagged")
     check.add_argument("impl", help="built-in name, module:function or path/to/file.py:function")
@@ -171,6 +180,7 @@ def _parser() -> argparse.ArgumentParser:
     merge.add_argument("shards", type=Path, nargs="+", help="report folders written by audit --shard K/N")
     merge.add_argument("--out", type=Path, default=OUT_ROOT / "merged", help="folder (default harness-out/merged)")
     merge.add_argument("--quiet", action="store_true", help="do not print the summary")
+    merge.add_argument("--force", action="store_true", help="write to --out even if another run holds its lock")
 
     demo = sub.add_parser("demo", help="overflow/underflow demonstration: thresholds by search, a plot, a page")
     demo.add_argument("--out", type=Path, default=OUT_ROOT / "demo", help="folder (default harness-out/demo)")
@@ -179,6 +189,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--rows", type=_positive, default=8, help="rows of the batch (default 8)")
     bench.add_argument("--classes", type=_positive, default=131_072, help="classes of the batch (default 131072)")
     bench.add_argument("--repeats", type=_positive, default=3, help="timings per measurement, best kept (default 3)")
+    bench.add_argument("--executors", action="store_true",
+                       help="instead: one audit campaign in-process, on a pool, on local Dask")  # fmt: skip
 
     replay = sub.add_parser("replay", help="re-run one stored case of a report, bit for bit")
     replay.add_argument("report", type=Path, help="report folder written by audit or check")
@@ -208,23 +220,32 @@ def _report_end(report: AuditReport, quiet: bool, what: str = "report") -> int:
     return report.exit_code
 
 
+# audit options that set what the campaign computes: --resume takes them from the folder
+_SETTING_OPTIONS = ("impl", "dtype", "regime", "profile", "examples", "max_classes", "seed", "max_ulps", "timeout",
+                    "precision", "shard", "shrink_seconds", "strict", "out")  # fmt: skip
+
+
 def _audit(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    where = {"executor": args.executor, "workers": args.workers, "scheduler": args.scheduler, "force": args.force}
     if args.resume:
-        if args.workers > 1:
-            raise UsageError("--workers cannot resume a run; resume it without --workers")
-        return _report_end(resume_audit(args.resume, command=_command(argv)), args.quiet)
+        defaults = _parser().parse_args(["audit"])
+        given = [f"--{name.replace('_', '-')}" for name in _SETTING_OPTIONS
+                 if getattr(args, name) != getattr(defaults, name)]  # fmt: skip
+        if given:
+            raise UsageError(f"--resume takes its settings from {args.resume}/manifest.json; drop {', '.join(given)}")
+        return _report_end(resume_audit(args.resume, command=_command(argv), **where), args.quiet)
     settings, implementations = audit_settings(
         args.impl, dtypes=args.dtype, regimes=args.regime, profile=args.profile, examples=args.examples,
-        max_classes=args.max_classes, seed=args.seed, max_ulps=args.max_ulps, precision=args.precision,
-        shard=args.shard, timeout=args.timeout, shrink_seconds=args.shrink_seconds,
+        max_classes=args.max_classes, seed=args.seed, max_ulps=args.max_ulps, strict=args.strict,
+        precision=args.precision, shard=args.shard, timeout=args.timeout, shrink_seconds=args.shrink_seconds,
     )  # fmt: skip
-    report = run_audit(settings, args.out, implementations=implementations, command=_command(argv),
-                       workers=args.workers)  # fmt: skip
+    report = run_audit(settings, args.out, implementations=implementations, command=_command(argv), **where)
     return _report_end(report, args.quiet)
 
 
-def _merge(args: argparse.Namespace) -> int:
-    return _report_end(merge_reports(args.shards, args.out), args.quiet, what="merged report")
+def _merge(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    report = merge_reports(args.shards, args.out, command=_command(argv), force=args.force)
+    return _report_end(report, args.quiet, what="merged report")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -329,24 +350,38 @@ def _sigterm_as_interrupt() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    _sigterm_as_interrupt()
     try:
-        args = _parser().parse_args(argv)
-        if args.command == "audit":
-            return _audit(args, argv)
-        if args.command == "check":
-            return _check(args, argv)
-        if args.command == "demo":
-            return _demo(args)
-        if args.command == "merge":
-            return _merge(args)
-        if args.command == "bench":
-            print(run_bench(args.rows, args.classes, args.repeats))
-            return EXIT_OK
-        return _replay(args)
+        if argv[:1] in (["audit"], ["check"], ["merge"]):
+            # Ctrl-C and SIGTERM request a stop that the run sees between cases, and it
+            # writes its partial report; a second signal, or 30 s more, exits at once
+            with interrupts.handling(grace=STOP_GRACE_CLI, announce=True, repeat="exit"):
+                return _run(argv)
+        _sigterm_as_interrupt()
+        return _run(argv)
     except (UsageError, SettingsError) as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as exc:
         print(f"harness: interrupted{': ' + str(exc) if str(exc) else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _run(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "audit":
+        return _audit(args, argv)
+    if args.command == "check":
+        return _check(args, argv)
+    if args.command == "demo":
+        return _demo(args)
+    if args.command == "merge":
+        return _merge(args, argv)
+    if args.command == "bench":
+        if args.executors:
+            from harness.campaign.speed import executor_speedups
+
+            print(executor_speedups(repeats=args.repeats))
+        else:
+            print(run_bench(args.rows, args.classes, args.repeats))
+        return EXIT_OK
+    return _replay(args)

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from harness import oracle
 from harness.calling.caller import Caller
 from harness.calling.registry import Implementation
+from harness.campaign import interrupts
 from harness.determinism import independent_of_local_constants
 from harness.formats import Format
 from harness.grading.verdicts import Policy
@@ -111,6 +112,7 @@ def search(
     shard: tuple[int, int] = (1, 1),
     progress: bool | None = None,
     targeted: bool = True,
+    on_case: Callable[[], None] | None = None,
 ) -> SearchResult:
     """Every implementation on ``examples`` cases per (dtype, regime) cell.
 
@@ -119,8 +121,10 @@ def search(
     shares ``shrink_seconds`` across the run; past it, failures are reported unshrunk.
     Without ``fails``, every case is kept. ``finished`` maps (dtype name, regime) cells
     of a resumed run to their records: those cells are not run again (and
-    ``finished_cases`` supplies their stored cases). Ctrl-C stops the run and
-    returns what was computed, with ``interrupted`` set. Finally ``self_check`` cases are
+    ``finished_cases`` supplies their stored cases). A stop request
+    (``harness.campaign.interrupts``: Ctrl-C, SIGTERM), checked before every case, stops
+    the run and returns what was computed, with ``interrupted`` set. ``on_case()`` is
+    called after each new case (a progress display). Finally ``self_check`` cases are
     re-evaluated by the oracle at higher precision, mpmath only; a disagreement is a tool
     error. ``shard=(k, n)`` runs only the k-th of every n cells (see ``harness merge``).
     ``targeted=False`` turns off Hypothesis's target phase (plain generation, for comparison).
@@ -138,6 +142,9 @@ def search(
     show = sys.stderr.isatty() if progress is None else progress
     with tqdm(total=len(cells) * examples, disable=not show, unit="case", desc="cases") as bar:
         for fmt, regime in cells:
+            if interrupts.requested():
+                result.interrupted = True
+                break
             if (fmt.name, regime) in finished:
                 records = finished[(fmt.name, regime)]
                 result.records.extend(records)
@@ -153,6 +160,7 @@ def search(
 
             def visit(case: Case) -> None:
                 nonlocal shrinking
+                interrupts.check()  # a stop request ends the cell here, never inside foreign code
                 running = [subject] if shrinking and subject else implementations
                 records = run_case(case, running, policy, caller)
                 failing = [r for r in records if fails and fails(r)]
@@ -161,6 +169,8 @@ def search(
                     result.seen.add(case.case_id)
                     result.cases[case.case_id] = case
                     result.records.extend(records)
+                    if on_case:
+                        on_case()
                 if failing:
                     shrinking = True
                     raise _Flagged(case, failing[0])
@@ -192,7 +202,7 @@ def search(
                     result.seen.add(flagged.case.case_id)
                     result.cases[flagged.case.case_id] = flagged.case
                     result.records.extend(run_case(flagged.case, implementations, policy, caller))
-            except KeyboardInterrupt:
+            except (interrupts.Interrupted, KeyboardInterrupt):
                 result.interrupted = True
                 break
             except Exception as exc:  # e.g. Hypothesis's Flaky: recorded, and the run goes on
@@ -203,13 +213,13 @@ def search(
             if on_cell:
                 try:
                     on_cell(result)  # e.g. a checkpoint of the partial report
-                except KeyboardInterrupt:
+                except (interrupts.Interrupted, KeyboardInterrupt):
                     result.interrupted = True
                     break
     if not result.interrupted:
         try:
             result.errors.extend(oracle_self_check(result, self_check))
-        except KeyboardInterrupt:
+        except (interrupts.Interrupted, KeyboardInterrupt):
             result.interrupted = True
     result.seconds = time.perf_counter() - start
     return result
@@ -226,6 +236,7 @@ def oracle_self_check(result: SearchResult, count: int) -> list[str]:
     chosen = small[:: max(1, len(small) // count)][:count] if count else []
     errors = []
     for case_id in chosen:
+        interrupts.check()
         case = result.cases[case_id]
         first = oracle.evaluate(case.row_logits, case.row_targets)
         precision = 2 * (case.format.precision + 53) + 80

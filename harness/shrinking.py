@@ -19,6 +19,7 @@ import pandas as pd
 
 from harness.calling.caller import Caller
 from harness.calling.registry import Implementation
+from harness.campaign import interrupts
 from harness.formats import FORMATS
 from harness.grading.verdicts import Policy
 from harness.profiles import Profile
@@ -78,6 +79,7 @@ def shrink_failures(
         }  # fmt: skip
         left = seconds - (time.perf_counter() - start)
         subject = by_name.get(worst["impl"])
+        interrupted = interrupted or interrupts.requested()  # checked between cells; search checks per case
         if left > 0 and subject is not None and not interrupted:
 
             def same_failure(record: dict, name=worst["impl"], outcome=worst["outcome"]) -> bool:

@@ -1,5 +1,8 @@
 """Deliberately misbehaving implementations for fault-injection tests."""
 
+import multiprocessing
+import os
+import signal
 import time
 
 import torch
@@ -51,4 +54,24 @@ def nondeterministic(logits, targets):
 def slow(logits, targets):
     """Correct but slow: lets a test interrupt an audit midway."""
     time.sleep(0.02)
+    return _good(logits, targets)
+
+
+def dies_in_worker(logits, targets):
+    """Kills its own process on float64 cases (SIGKILL, as the out-of-memory killer), in a worker process only.
+
+    In the main process (``multiprocessing.parent_process()`` is None) it is correct. With
+    $HARNESS_TEST_DIE_ONCE naming a file, only the first call to find that file missing
+    dies (it creates the file), so a retried cell succeeds.
+    """
+    if logits.dtype == torch.float64 and multiprocessing.parent_process() is not None:
+        marker = os.environ.get("HARNESS_TEST_DIE_ONCE")
+        first = True
+        if marker:
+            try:
+                os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                first = False
+        if first:
+            os.kill(os.getpid(), signal.SIGKILL)
     return _good(logits, targets)
