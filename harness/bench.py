@@ -2,6 +2,8 @@
 
 Ratios, not absolute times, are the goals (these machines are shared and noisy):
 - the fast oracle tier against torch's own float64 cross entropy on the same batch;
+- the oracle on a float64 batch, for each output dtype (float64 outputs: the
+  double-double tier), against torch's float64 cross entropy on that batch;
 - a whole audit of one case (oracle, every built-in called twice with checks, metrics)
   against calling the three built-ins alone;
 - the mpmath tier against a plain per-element mpmath loop at 200 bits, on the same row;
@@ -26,6 +28,7 @@ from harness import oracle
 from harness.calling.implementations import naive, stable, torch_cross_entropy
 from harness.calling.registry import REGISTRY
 from harness.formats import FORMATS
+from harness.oracle.dd_kernels import BACKEND
 from harness.runner import run_case
 from strategies import Case
 
@@ -89,6 +92,24 @@ def run_bench(rows: int = 8, classes: int = 131_072, repeats: int = 3) -> str:
     tiers = ", ".join(sorted(methods))
     lines.append(f"fast oracle tier       {fast * 1e3:9.1f} ms   torch float64 cross_entropy {torch64 * 1e3:7.1f} ms"
                  f"   ratio {fast / torch64:6.1f}x  (goal <= 10x; tiers used: {tiers})")  # fmt: skip
+
+    # float64 logits: every output dtype, float64 outputs through the double-double tier
+    ratios = {}
+    for name in ("float64", "float32", "bfloat16", "float16"):
+        dtype = FORMATS[name].dtype
+        torch64, tier = _best_of_pair(
+            lambda: F.cross_entropy(as_double, targets, reduction="none"),
+            lambda dtype=dtype: oracle.evaluate(as_double, targets, dtype),
+            repeats,
+        )
+        ratios[name] = (tier, torch64)
+    tier, torch64 = ratios["float64"]
+    methods = ", ".join(sorted({v.method for v in oracle.evaluate(as_double, targets)}))
+    lines.append(f"double-double tier     {tier * 1e3:9.1f} ms   torch float64 cross_entropy {torch64 * 1e3:7.1f} ms"
+                 f"   ratio {tier / torch64:6.1f}x  (goal <= 20x; float64 logits and outputs; tiers used: {methods};"
+                 f" kernels: {BACKEND})")  # fmt: skip
+    lines.append("  oracle / torch float64 cross_entropy on the float64 batch, by output dtype: "
+                 + ", ".join(f"{name} {t / base:.1f}x" for name, (t, base) in ratios.items()))  # fmt: skip
 
     case = Case(logits, targets, "large_vocab")
     implementations = list(REGISTRY)

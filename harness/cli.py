@@ -31,12 +31,13 @@ from harness.campaign.executors import EXECUTORS
 from harness.campaign.merge import merge_reports
 from harness.campaign.report import AuditReport, check_writable, write_check_folder
 from harness.campaign.settings import DEFAULT_SHRINK_SECONDS, SettingsError, audit_settings
-from harness.demo import dominant_case, find_thresholds, loss_curves
+from harness.demo import dominant_case, find_thresholds, panels
 from harness.formats import FORMATS, Format, parse_dtype
 from harness.profiles import PROFILES, resolve_profile
 from harness.replay import replay_case
-from reports.demo import curves_png, render_demo
+from reports.demo import STORIES, render_demo, story_png
 from reports.store import write_files
+from reports.terminal import audit_text, check_text, demo_text
 from strategies import REGIMES
 
 __all__ = ["main"]
@@ -126,7 +127,8 @@ def _search_options(parser: argparse.ArgumentParser, out: Path) -> None:
     parser.add_argument("--timeout", type=_positive_float, default=DEFAULT_TIMEOUT,
                         help=f"seconds one call may take (default {DEFAULT_TIMEOUT:g})")  # fmt: skip
     parser.add_argument("--out", type=Path, default=out, help=f"report folder (default {out})")
-    parser.add_argument("--quiet", action="store_true", help="print only the verdict line")
+    parser.add_argument("--quiet", action="store_true", help="print only the verdict line (and no progress bar)")
+    parser.add_argument("--verbose", action="store_true", help="print every table and counterexample in full")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -180,6 +182,7 @@ def _parser() -> argparse.ArgumentParser:
     merge.add_argument("shards", type=Path, nargs="+", help="report folders written by audit --shard K/N")
     merge.add_argument("--out", type=Path, default=OUT_ROOT / "merged", help="folder (default harness-out/merged)")
     merge.add_argument("--quiet", action="store_true", help="do not print the summary")
+    merge.add_argument("--verbose", action="store_true", help="print summary.md in full")
     merge.add_argument("--force", action="store_true", help="write to --out even if another run holds its lock")
 
     demo = sub.add_parser("demo", help="overflow/underflow demonstration: thresholds by search, a plot, a page")
@@ -203,20 +206,20 @@ def _command(argv: Sequence[str]) -> str:
     return shlex.join(["python", "-m", "harness", *argv])
 
 
+def _progress(args: argparse.Namespace) -> bool | None:
+    """Progress bars on a terminal (None: tqdm shows them when stderr is one), never with --quiet."""
+    return False if args.quiet else None
+
+
 def _print_tool_errors(errors: Sequence[str]) -> None:
     for error in errors:
         print(f"harness: TOOL ERROR: {error}", file=sys.stderr)
 
 
-def _report_end(report: AuditReport, quiet: bool, what: str = "report") -> int:
-    """Print an audit's summary (unless quiet), its tool errors and where it is; its exit code."""
-    summary = report.path("summary.md")
-    if not quiet and summary.is_file():
-        print(summary.read_text())
-    if report.path("precision.md").is_file() and report.manifest.get("precision"):
-        print(report.path("precision.md").read_text())
+def _report_end(report: AuditReport, args: argparse.Namespace, what: str = "report") -> int:
+    """Print an audit's headline (or, verbose, its summary), its tool errors and where it is; its exit code."""
+    print(audit_text(report, verbose=args.verbose, quiet=args.quiet, what=what))
     _print_tool_errors([*report.tool_errors, *report.write_errors])
-    print(f"{what} written to {report.out}{' (partial)' if report.status != 'complete' else ''}", file=sys.stderr)
     return report.exit_code
 
 
@@ -233,32 +236,35 @@ def _audit(args: argparse.Namespace, argv: Sequence[str]) -> int:
                  if getattr(args, name) != getattr(defaults, name)]  # fmt: skip
         if given:
             raise UsageError(f"--resume takes its settings from {args.resume}/manifest.json; drop {', '.join(given)}")
-        return _report_end(resume_audit(args.resume, command=_command(argv), **where), args.quiet)
+        report = resume_audit(args.resume, command=_command(argv), progress=_progress(args), **where)
+        return _report_end(report, args)
     settings, implementations = audit_settings(
         args.impl, dtypes=args.dtype, regimes=args.regime, profile=args.profile, examples=args.examples,
         max_classes=args.max_classes, seed=args.seed, max_ulps=args.max_ulps, strict=args.strict,
         precision=args.precision, shard=args.shard, timeout=args.timeout, shrink_seconds=args.shrink_seconds,
     )  # fmt: skip
-    report = run_audit(settings, args.out, implementations=implementations, command=_command(argv), **where)
-    return _report_end(report, args.quiet)
+    report = run_audit(settings, args.out, implementations=implementations, command=_command(argv),
+                       progress=_progress(args), **where)  # fmt: skip
+    return _report_end(report, args)
 
 
 def _merge(args: argparse.Namespace, argv: Sequence[str]) -> int:
     report = merge_reports(args.shards, args.out, command=_command(argv), force=args.force)
-    return _report_end(report, args.quiet, what="merged report")
+    return _report_end(report, args, what="merged report")
 
 
 def _demo(args: argparse.Namespace) -> int:
     check_writable(args.out)
     thresholds = [find_thresholds(fmt) for fmt in FORMATS.values()]
     scales = [2.0 ** (k / 4) for k in range(-4, 45)]
-    curves = {fmt.name: loss_curves(fmt, scales) for fmt in FORMATS.values()}
-    plot = curves_png(curves, {t.dtype: t.theory_overflow for t in thresholds})
-    markdown, page = render_demo(thresholds, dominant_case(), plot)
-    errors = write_files(args.out, {"demo.png": lambda: plot, "demo.md": lambda: markdown, "demo.html": lambda: page})
-    print(markdown)
+    computed = {fmt.name: panels(fmt, scales) for fmt in FORMATS.values()}
+    figures = {story: story_png(story, computed) for story in STORIES}
+    markdown, page = render_demo(thresholds, dominant_case(), figures)
+    files = {STORIES[story]["file"]: (lambda data=data: data) for story, data in figures.items()}
+    errors = write_files(args.out, {**files, "demo.md": lambda: markdown, "demo.html": lambda: page})
+    print(demo_text(markdown))
     _print_tool_errors(errors)
-    print(f"demo written to {args.out}{' (incomplete)' if errors else ''}", file=sys.stderr)
+    print(f"demo: {args.out / 'demo.html'}{' (incomplete)' if errors else ''}")
     return EXIT_TOOL_ERROR if errors else EXIT_OK
 
 
@@ -287,6 +293,7 @@ def _check(args: argparse.Namespace, argv: Sequence[str]) -> int:
     result = check(
         impl, dtypes=formats, regimes=regimes, examples=examples, seed=args.seed, max_ulps=args.max_ulps,
         strict=args.strict, profile=profile.name, max_classes=max_classes, device=args.device, timeout=args.timeout,
+        progress=_progress(args),
     )  # fmt: skip
     run = {
         "implementation": impl.name, "seed": args.seed, "examples": examples, "max_classes": max_classes,
@@ -299,33 +306,25 @@ def _check(args: argparse.Namespace, argv: Sequence[str]) -> int:
     }  # fmt: skip
     write_errors = write_check_folder(result, args.out, command=_command(argv), run=manifest_run)
     if result.search.interrupted:
-        print(result.describe(replay_dir=str(args.out)))
+        print(check_text(result, args.out, quiet=True))
         print(f"harness: interrupted; partial report written to {args.out}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    regressed = False
-    lines = [result.describe(replay_dir=str(args.out))]
-    if not args.quiet:
-        lines.append("\nPer regime, against torch (worst error / allowance; unstable counts as inf):")
-        lines.append(result.versus_reference().to_string(index=False))
+    comparison = None
     if saved is not None:
         try:
             comparison = baselines.compare(saved, result.records, run)
         except baselines.BaselineError as exc:
             raise UsageError(str(exc)) from None
-        worse = comparison[comparison["regressed"]]
-        regressed = not worse.empty
-        lines.append(f"\nBaseline {args.baseline}: {len(worse)} of {len(comparison)} cells regressed")
-        if regressed:
-            lines.append(worse[["dtype", "regime", "max_ulps_baseline", "max_ulps", "nonfinite_baseline",
-                                "nonfinite"]].to_string(index=False))  # fmt: skip
     if args.save_baseline:
         baselines.save(args.save_baseline, result.records, run)
-        lines.append(f"baseline saved to {args.save_baseline}")
-    print("\n".join(lines))
+    print(check_text(result, args.out, verbose=args.verbose, quiet=args.quiet, baseline=comparison,
+                     baseline_file=args.baseline, saved_baseline=args.save_baseline))  # fmt: skip
     _print_tool_errors([*result.errors, *write_errors])
-    print(f"report written to {args.out}{' (partial)' if write_errors else ''}", file=sys.stderr)
+    if write_errors:
+        print(f"harness: the report in {args.out} is partial", file=sys.stderr)
     if write_errors or result.errors:
         return EXIT_TOOL_ERROR
+    regressed = comparison is not None and bool(comparison["regressed"].any())
     return EXIT_OK if result.passed and not regressed else EXIT_FLAGGED
 
 

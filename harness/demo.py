@@ -17,7 +17,15 @@ from harness import oracle
 from harness.calling.implementations import naive, stable, torch_cross_entropy
 from harness.formats import FORMATS, Format, ulp_distance
 
-__all__ = ["Threshold", "dominant_case", "find_thresholds", "loss_curves"]
+__all__ = ["METHODS", "Threshold", "dominant_case", "find_thresholds", "log1p_shifted", "loss_curves", "panels"]
+
+# The methods as a student knows them (no project jargon), in drawing order.
+METHODS = {
+    "naive": "naive: softmax, then log",
+    "stable": "max-shifted log-sum-exp",
+    "torch": "torch.nn.functional.cross_entropy",
+    "log1p": "max-shifted, with log1p",
+}
 
 
 @dataclass(frozen=True)
@@ -111,3 +119,63 @@ def loss_curves(fmt: Format, scales: list[float]) -> dict[str, list[float]]:
             curves[name].append(fn(logits, targets).item())
         curves["oracle"].append(oracle.cross_entropy(logits, targets, fmt.dtype).item())
     return curves
+
+
+def log1p_shifted(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(m - x_t) + log1p(sum of exp(x_j - m) over j other than the maximum), all in the logits' dtype.
+
+    The max-shifted sum is 1 + s with s the other terms; log1p(s) keeps a tiny s that
+    1 + s would round away (pytorch#113708). Shapes: (N, C) logits, (N,) targets.
+    """
+    m, top = logits.max(dim=1, keepdim=True)
+    shifted = torch.exp(logits - m)
+    others = shifted.scatter(1, top, torch.zeros_like(top, dtype=logits.dtype)).sum(dim=1)
+    picked = logits.gather(1, targets[:, None])[:, 0]
+    return (m[:, 0] - picked) + torch.log1p(others)
+
+
+def _exact(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    (value,) = oracle.evaluate(logits, targets)
+    return value.exact
+
+
+def panels(fmt: Format, scales: list[float]) -> dict[str, dict]:
+    """The demo's three stories for one dtype, each over the scales s representable in it.
+
+    - ``overflow``: logits [s, 0], target 1 (loss = softplus(s)); intermediate exp(s)
+      in the dtype, which naive computes, against the format's largest finite value.
+    - ``underflow``: logits [-s, 0], target 0 (loss = s + log1p(exp(-s))); intermediate
+      exp(-s), which naive divides, against the smallest subnormal.
+    - ``dominant``: logits [s, 0], target 0 (loss = log1p(exp(-s)), tiny); the shifted
+      sum 1 + exp(-s) rounds to 1 once exp(-s) <= u.
+
+    Each holds ``s``, ``exact`` (float64 value of the exact loss), ``oracle`` (correctly
+    rounded to the dtype) and one list per method of METHODS that applies (float
+    outputs, inf/NaN kept); overflow and underflow also hold ``intermediate``.
+    """
+    stories = {
+        "overflow": (lambda s: [s, 0.0], 1, ("naive", "stable", "torch"), 1.0),
+        "underflow": (lambda s: [-s, 0.0], 0, ("naive", "stable", "torch"), -1.0),
+        "dominant": (lambda s: [s, 0.0], 0, ("naive", "stable", "torch", "log1p"), None),
+    }
+    functions = {"naive": naive, "stable": stable, "torch": torch_cross_entropy, "log1p": log1p_shifted}
+    result = {}
+    for story, (row, target, methods, sign) in stories.items():
+        data: dict[str, list[float]] = {"s": [], "exact": [], "oracle": [], **{m: [] for m in methods}}
+        if sign is not None:
+            data["intermediate"] = []
+        targets = torch.tensor([target])
+        for s in scales:
+            value = torch.tensor(s, dtype=torch.float64).to(fmt.dtype).item()
+            if not math.isfinite(value) or value in data["s"]:
+                continue
+            logits = torch.tensor([row(value)], dtype=torch.float64).to(fmt.dtype)
+            data["s"].append(value)
+            data["exact"].append(_exact(logits, targets))
+            data["oracle"].append(oracle.cross_entropy(logits, targets, fmt.dtype).item())
+            for name in methods:
+                data[name].append(functions[name](logits, targets).item())
+            if sign is not None:
+                data["intermediate"].append(torch.exp(torch.tensor(sign * value, dtype=fmt.dtype)).item())
+        result[story] = data
+    return result

@@ -57,7 +57,8 @@ def render_summary(
         ),
         "## Per implementation and dtype",
         "",
-        "ULP columns count only finite comparisons; non-finite failures are spurious inf/NaN or a missing inf/NaN.",
+        "ULP columns count only finite comparisons; accepted_nonfinite counts inf/NaN the verdicts accept (a +inf "
+        "logit, or a mean whose rows overflow); nonfinite_failures are spurious inf/NaN or a missing inf/NaN.",
         "",
         markdown_table(head),
         "",

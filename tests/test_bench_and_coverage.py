@@ -20,7 +20,8 @@ DRAWS = 2000
 def test_bench_prints_every_ratio(capsys):
     assert main(["bench", "--rows", "2", "--classes", "2048", "--repeats", "1"]) == 0
     shown = capsys.readouterr().out
-    for needle in ("fast oracle tier", "audit of one case", "mpmath tier", "peak memory", "ratio", "speed-up"):
+    needles = ("fast oracle tier", "double-double tier", "by output dtype", "audit of one case", "mpmath tier")
+    for needle in (*needles, "peak memory", "ratio", "speed-up"):
         assert needle in shown
 
 

@@ -182,6 +182,7 @@ def test_uncertified_rows_are_reported_not_dropped(monkeypatch):
     monkeypatch.setattr(mpfr_tier, "MAX_PRECISION", 8)
     monkeypatch.setattr(core, "MAX_PRECISION", 8)
     monkeypatch.setattr(mpfr_tier, "START_GUARD_BITS", -49)  # 4 bits: far too few for float64
+    monkeypatch.setattr(core.dd_tier, "decide_rows", lambda *args, **kwargs: {})  # the faster tier declines
     logits = torch.tensor([[0.1, 0.2, 0.3], [1.0, 1.0, 1.0]], dtype=torch.float64)
     values = oracle.evaluate(logits, torch.tensor([0, 0]))
     assert len(values) == 2 and not any(v.certified for v in values)
@@ -233,7 +234,9 @@ def test_fast_tier_decides_most_rows_and_large_ones(dtype):
 
 def test_fast_tier_never_decides_float64_or_specials():
     logits = torch.tensor([[0.0, 1.0], [math.inf, 0.0]], dtype=torch.float64)
-    assert {v.method for v in oracle.evaluate(logits, torch.tensor([0, 1]))} <= {"mpmath", "special", "exact"}
+    without_dd = oracle.evaluate(logits, torch.tensor([0, 1]), tiers=("float64", "mpmath"))
+    assert {v.method for v in without_dd} <= {"mpmath", "special", "exact"}
+    assert [v.method for v in oracle.evaluate(logits, torch.tensor([0, 1]))] == ["double-double", "special"]
     logits32 = torch.tensor([[math.nan, 0.0], [-math.inf, 0.0]], dtype=torch.float32)
     assert {v.method for v in oracle.evaluate(logits32, torch.tensor([0, 0]))} == {"special"}
     with pytest.raises(ValueError, match="tiers"):

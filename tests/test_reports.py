@@ -56,7 +56,7 @@ def test_html_parses_with_every_section_and_embedded_images(html_report):
     text = (html_report / "report.html").read_text()
     collector = _Collector()
     collector.feed(text)
-    for section in ("Outcomes per implementation and dtype", "Error against the largest logit magnitude",
+    for section in ("At a glance", "Outcomes per implementation and dtype", "Error against the largest logit magnitude",
                     "Error against the logit spread", "Error against class count", "Distribution of errors",
                     "Worst case per regime and implementation", "Summary per implementation"):  # fmt: skip
         assert any(h.startswith(section) for h in collector.headings), section
@@ -119,10 +119,14 @@ def test_demo_thresholds_match_theory_within_one_ulp(fmt):
 
 def test_demo_command_writes_its_page(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path)]) == 0
-    for name in ("demo.png", "demo.md", "demo.html"):
+    for name in ("demo-overflow.png", "demo-underflow.png", "demo-dominant.png", "demo.md", "demo.html"):
         assert (tmp_path / name).stat().st_size > 0
     shown = capsys.readouterr().out
     assert "naive breaks at" in shown and "pytorch#113708" in shown
+    page = (tmp_path / "demo.html").read_text()
+    for words in ("max-shifted log-sum-exp", "naive: softmax, then log", "Underflow", "A loss near 0"):
+        assert words in page, words
+    assert "seed notebook" not in page  # words a student knows
 
 
 def test_precision_audit_tables(tmp_path):
@@ -133,8 +137,8 @@ def test_precision_audit_tables(tmp_path):
     table = pd.read_csv(tmp_path / "precision.csv")
     assert list(table.columns) == PRECISION_COLUMNS
     assert set(table["impl"]) == {"pure_low_precision", "float32_accumulate", "torch_native", "torch_autocast"}
-    buckets = table[["ulps_0", "ulps_1", "ulps_2", "ulps_3", "ulps_gt3"]].sum(axis=1)
-    assert ((buckets - 1).abs() < 1e-9).all()  # shares of every case
+    shares = ["ulps_0", "ulps_1", "ulps_2", "ulps_3", "ulps_gt3", "accepted_nonfinite", "failed", "ungraded"]
+    assert ((table[shares].sum(axis=1) - 1).abs() < 1e-9).all()  # shares of every case
     native32 = table[
         (table["impl"] == "torch_native") & (table["dtype"] == "float32") & (table["regime"] == "moderate")
     ]
@@ -145,4 +149,8 @@ def test_precision_audit_tables(tmp_path):
     upcast16 = table[(table["impl"] == "float32_accumulate") & (table["dtype"] == "float16")]
     assert (upcast16["max_error_over_bound"] < 1).all()  # one final rounding stays within the bound
     assert "Precision audit" in (tmp_path / "precision.md").read_text()
+    page = (tmp_path / "report.html").read_text()  # the report page shows precision.md's content and figures
+    for section in ("ULP distribution per method and dtype", "Blanchard–Higham–Higham bound, per regime",
+                    "Precision table (precision.md)", "Findings"):  # fmt: skip
+        assert section in page, section
     assert json.loads((tmp_path / "manifest.json").read_text())["precision"] is True

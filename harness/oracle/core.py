@@ -1,8 +1,9 @@
 """The oracle's entry points: per-sample and mean cross entropy, correctly rounded, certified.
 
 Each value is decided by the cheapest tier that can prove it: the vectorized float64
-tier (harness.oracle.fast_tier) for float16/bfloat16/float32 outputs, else the MPFR
-tier (harness.oracle.mpfr_tier), which never gives up silently.
+tier (harness.oracle.fast_tier) for float16/bfloat16/float32 outputs, then the
+double-double tier (harness.oracle.dd_tier) for any output, else the MPFR tier
+(harness.oracle.mpfr_tier), which never gives up silently.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from harness.formats import format_of
+from harness.oracle import dd_tier
 from harness.oracle.fast_tier import certify_mean, certify_rows
 from harness.oracle.mpfr_tier import _enclose, _round_mpf, _special, _start_precision, row_loss
 from harness.oracle.value import MAX_PRECISION, TIERS, OracleValue
@@ -50,7 +52,8 @@ def evaluate(
     """Per-sample oracle values with their certification, rounded to dtype (default: the logits').
 
     ``tiers``: the float64 tier decides what it can prove for float16/bfloat16/float32
-    outputs; the mpmath tier decides the rest. ``tiers=("mpmath",)`` skips the fast tier.
+    outputs, the double-double tier what it can prove of the rest (any output dtype);
+    the mpmath tier decides the rest. ``tiers=("mpmath",)`` skips both.
     """
     unknown = set(tiers) - set(TIERS)
     if unknown or "mpmath" not in tiers:
@@ -62,6 +65,8 @@ def evaluate(
         certified, values, estimates = certify_rows(rows, torch.tensor(target_list), fmt)
         for i in np.flatnonzero(certified):
             decided[int(i)] = OracleValue(float(values[i]), float(estimates[i]), True, 53, "float64")
+    if "double-double" in tiers and start_precision is None and len(decided) < len(rows):
+        decided.update(dd_tier.decide_rows(rows, target_list, fmt, skip=decided))
     return [
         decided.get(i) or row_loss(rows[i].to(torch.float64).numpy(), t, fmt, start_precision)
         for i, t in enumerate(target_list)
@@ -113,6 +118,10 @@ def mean_loss(
         certified, value, estimate = certify_mean(table, torch.tensor(target_list), fmt)
         if certified:
             return OracleValue(value, estimate, True, 53, "float64")
+    if "double-double" in tiers and start_precision is None:
+        decided = dd_tier.decide_mean(table, target_list, fmt)
+        if decided is not None:
+            return decided
     rows = list(table.to(torch.float64).numpy())
     specials = [_special(row, t) for row, t in zip(rows, target_list)]
     if any(s is not None for s in specials):

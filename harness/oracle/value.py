@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 __all__ = ["MAX_PRECISION", "TIERS", "OracleValue"]
 
-TIERS = ("float64", "mpmath")  # cheapest first
+TIERS = ("float64", "double-double", "mpmath")  # cheapest first
 MAX_PRECISION = 4096  # working bits past which a value is returned uncertified
 
 
@@ -18,4 +18,4 @@ class OracleValue:
     exact: float  # the exact loss rounded to float64 (nan/inf allowed)
     certified: bool
     precision: int  # working bits that decided it (0 for special values)
-    method: str  # "special", "exact" or "mpmath"
+    method: str  # "special", "exact", "float64", "double-double" or "mpmath"
