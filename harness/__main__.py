@@ -1,7 +1,7 @@
 import signal
 import sys
 
-from harness.campaign import interrupts
+from harness import interrupts
 
 interrupts.catch_early()  # before the slow imports: a Ctrl-C or SIGTERM from now on is never lost
 

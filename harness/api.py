@@ -14,17 +14,18 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 
-from harness.calling.caller import DEFAULT_TIMEOUT, Caller
-from harness.calling.loading import load_implementation
-from harness.calling.registry import REGISTRY, Implementation
+from harness.calling.caller import DEFAULT_COMPILE_TIMEOUT, DEFAULT_MEMORY_LIMIT_MIB, DEFAULT_TIMEOUT
+from harness.calling.loading import load_implementation, probe
+from harness.calling.registry import REGISTRY, Implementation, check_name, safe_label
+from harness.campaign.settings import SandboxSettings, check_device, check_regimes
 from harness.formats import FORMATS, Format, parse_dtype
-from harness.grading.verdicts import VERDICTS, Policy
+from harness.grading.verdicts import GRADED, VERDICTS, Policy
 from harness.profiles import resolve_profile
 from harness.runner import RECORD_COLUMNS
 from harness.search import Counterexample, SearchResult, search
 from strategies import REGIMES
 
-__all__ = ["CheckResult", "assert_stable", "check", "describe_counterexample"]
+__all__ = ["CheckResult", "assert_stable", "check", "check_device", "describe_counterexample"]
 
 REFERENCE = "torch"
 
@@ -47,6 +48,11 @@ class CheckResult:
     def counts(self) -> dict[str, int]:
         counted = self.records["verdict"].value_counts()
         return {verdict: int(counted.get(verdict, 0)) for verdict in VERDICTS}
+
+    @property
+    def graded(self) -> int:
+        """Cases graded against a certified oracle value (a run that grades none never passes)."""
+        return int(self.records["verdict"].isin(GRADED).sum())
 
     def worst_cases(self, n: int = 5) -> pd.DataFrame:
         ranked = self.records.assign(rank=self.records["verdict"].map(VERDICTS.index))
@@ -72,6 +78,8 @@ class CheckResult:
         counts = ", ".join(f"{n} {v}" for v, n in self.counts.items() if n)
         status = "PASSED" if self.passed else "FAILED"
         lines = [f"{status}: {self.implementation} on {len(self.records)} cases ({counts}) in {self.seconds:.1f} s"]
+        if not self.graded:
+            lines[0] += "; no case was graded"
         for cx in self.counterexamples:
             lines.append("")
             lines.append(describe_counterexample(cx, replay_dir))
@@ -130,28 +138,21 @@ def _formats(dtypes: Sequence[torch.dtype | str | Format] | None) -> list[Format
     return formats
 
 
-def check_device(device: str) -> None:
-    """ValueError, before any work, for a device torch cannot use here."""
-    try:
-        kind = torch.device(device).type
-    except RuntimeError as exc:
-        raise ValueError(f"unknown device {device!r}: {exc}") from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} is not available: this torch has no usable CUDA")
-    if kind == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {device!r} is not available")
-
-
-def _implementation(fn, name: str | None, dtypes: Sequence[Format]) -> Implementation:
+def _implementation(fn, name: str | None, dtypes: Sequence[Format], sandbox: SandboxSettings) -> Implementation:
+    """The Implementation to check, loaded (or unpickled) in a sandbox already: errors come before the run."""
+    if name is not None:
+        check_name(name)
     if isinstance(fn, str):
-        impl = load_implementation(fn)
+        impl = load_implementation(fn, sandbox.worker_options)
     elif isinstance(fn, Implementation):
         impl = fn
     elif callable(fn):
-        label = name or getattr(fn, "__qualname__", None) or repr(fn)
+        label = name or safe_label(str(getattr(fn, "__qualname__", None) or type(fn).__name__))
         impl = Implementation(label, fn, source="python", k_dimensional=bool(getattr(fn, "k_dimensional", False)))
     else:
         raise TypeError(f"expected a callable, an Implementation or an IMPL spec, got {type(fn).__name__}")
+    if not isinstance(fn, str) and impl.source != "built-in":  # built-ins are the harness's own: torch, importable
+        impl = probe(impl, sandbox.worker_options)
     supported = tuple(f.dtype for f in dtypes if f.dtype in impl.dtypes)
     return dataclasses.replace(impl, name=name or impl.name, dtypes=supported)
 
@@ -168,31 +169,48 @@ def check(
     profile: str | None = None,
     max_classes: int | None = None,
     device: str = "cpu",
-    timeout: float | None = DEFAULT_TIMEOUT,
+    timeout: float = DEFAULT_TIMEOUT,
     name: str | None = None,
     progress: bool | None = False,
     k_dimensional: bool | None = None,
+    compile_timeout: float = DEFAULT_COMPILE_TIMEOUT,
+    memory_limit_mib: float = DEFAULT_MEMORY_LIMIT_MIB,
+    framework: str = "auto",
+    triton_interpret: bool = False,
 ) -> CheckResult:
     """Run the strategies on ``fn(logits, targets)`` and judge every case.
 
     ``fn`` returns per-sample losses (N,) or their mean (a scalar). It fails when any
     case is *unstable* (or *inaccurate* with ``strict``); each failing (dtype, regime)
-    cell contributes one counterexample, shrunk by Hypothesis. ``device`` is where fn
-    runs (the oracle stays on the CPU); a call taking over ``timeout`` seconds is a failure.
-    ``k_dimensional``: fn also takes (N, C, d1, ..., dk) logits with (N, d1, ..., dk)
-    targets, so the layout regime runs on it (default: the implementation's own
-    declaration, or ``fn.k_dimensional``).
+    cell contributes one counterexample, shrunk by Hypothesis. A run that grades no case
+    never passes.
+
+    ``fn`` runs in a sandbox process: a callable is sent there with cloudpickle (lambdas,
+    closures and functions of ``__main__`` included), a ``file.py:function`` or
+    ``module:function`` spec is imported there. ``device`` is where it runs (the oracle
+    stays on the CPU, in this process); a call taking over ``timeout`` seconds, except the
+    first per (dtype, shape class) and torch.compile's compiles, which get
+    ``compile_timeout``, is a ``timeout``; a sandbox over ``memory_limit_mib`` MiB of
+    resident memory (0: no limit) is ``killed_memory``; one that dies is ``crashed``.
+    ``framework`` (auto, torch, jax, numpy) says what arrays fn takes; ``triton_interpret``
+    runs Triton kernels on Triton's CPU interpreter. ``k_dimensional``: fn also takes
+    (N, C, d1, ..., dk) logits with (N, d1, ..., dk) targets, so the layout regime runs on
+    it (default: the implementation's own declaration, or ``fn.k_dimensional``).
+
+    Raises ValueError (one line) for bad settings, an implementation that cannot be
+    loaded or pickled, or a regime that cannot be drawn under the limits.
     """
     formats = _formats(dtypes)
-    check_device(device)
+    sandbox = SandboxSettings(timeout, compile_timeout, memory_limit_mib, framework, triton_interpret,
+                              device).validated()  # fmt: skip
     chosen = list(regimes or REGIMES)
-    unknown = [r for r in chosen if r not in REGIMES]
-    if unknown:
-        raise ValueError(f"unknown regime {unknown[0]!r}; expected one of {', '.join(REGIMES)}")
+    check_regimes(chosen, 1 << 62, True)  # unknown names first, before anything is loaded
     budget = resolve_profile(profile)
     if examples is not None and examples < 1:
         raise ValueError(f"examples must be >= 1, got {examples}")
-    impl = _implementation(fn, name, formats)
+    if max_classes is not None and max_classes < 2:
+        raise ValueError(f"max_classes must be >= 2, got {max_classes}")
+    impl = _implementation(fn, name, formats, sandbox)
     if k_dimensional is not None:
         impl = dataclasses.replace(impl, k_dimensional=k_dimensional)
     if not impl.k_dimensional:
@@ -205,27 +223,35 @@ def check(
     if not formats:
         raise ValueError(f"{impl.name} supports none of the requested dtypes")
     limit = max_classes or budget.max_classes
+    if regimes is not None:
+        check_regimes(chosen, limit, impl.k_dimensional)
     chosen = [r for r in chosen if r != "large_vocab" or limit >= 1024]
     policy = Policy(max_ulps=max_ulps, strict=strict)
     reference = REGISTRY.get(REFERENCE)
-    found = search(
-        formats,
-        chosen,
-        [impl, reference],
-        profile=budget,
-        seed=seed,
-        examples=examples,
-        max_classes=limit,
-        policy=policy,
-        fails=lambda record: record["impl"] == impl.name and policy.fails(record["verdict"]),
-        subject=impl,
-        caller=Caller(timeout=timeout, device=device),
-        progress=progress,
-    )
+    with sandbox.caller() as caller:
+        found = search(
+            formats,
+            chosen,
+            [impl, reference],
+            profile=budget,
+            seed=seed,
+            examples=examples,
+            max_classes=limit,
+            policy=policy,
+            fails=lambda record: (
+                record["impl"] == impl.name
+                and policy.fails(record["verdict"])
+                and not str(record["message"]).startswith("skipped:")  # a skipped call says nothing of its case
+            ),
+            subject=impl,
+            caller=caller,
+            progress=progress,
+        )
     records = pd.DataFrame(found.records, columns=list(RECORD_COLUMNS))
     mine = records[records["impl"] == impl.name].reset_index(drop=True)
     theirs = records[records["impl"] == REFERENCE].reset_index(drop=True)
-    passed = not any(policy.fails(v) for v in mine["verdict"])
+    graded = bool(mine["verdict"].isin(GRADED).any())
+    passed = graded and not any(policy.fails(v) for v in mine["verdict"])
     return CheckResult(impl.name, passed, policy, mine, theirs, found.counterexamples, found.errors,
                        found.seconds, found)  # fmt: skip
 

@@ -19,7 +19,7 @@ FORMAT_VERSION = 1
 REL_MARGIN = 0.25
 ABS_MARGIN_ULPS = 2.0
 _NONFINITE = ["spurious_inf", "spurious_nan", "missing_nonfinite", "raised", "bad_output", "timeout",
-              "mutated_input", "nondeterministic"]  # fmt: skip
+              "killed_memory", "crashed", "mutated_input", "nondeterministic"]  # fmt: skip
 _RUN_KEYS = ("seed", "examples", "max_classes", "profile")
 
 

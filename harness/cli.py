@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import math
+import os
 import shlex
 import signal
 import sys
@@ -21,16 +23,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness import baseline as baselines
-from harness.api import check, check_device
+from harness import interrupts
+from harness.api import check
 from harness.bench import run_bench
-from harness.calling.caller import DEFAULT_TIMEOUT
+from harness.calling.caller import DEFAULT_COMPILE_TIMEOUT, DEFAULT_MEMORY_LIMIT_MIB, DEFAULT_TIMEOUT
+from harness.calling.frameworks import FRAMEWORKS
 from harness.calling.loading import LoadError, load_implementation
-from harness.campaign import interrupts
 from harness.campaign.engine import resume_audit, run_audit
 from harness.campaign.executors import EXECUTORS
 from harness.campaign.merge import merge_reports
 from harness.campaign.report import AuditReport, check_writable, write_check_folder
-from harness.campaign.settings import DEFAULT_SHRINK_SECONDS, SettingsError, audit_settings
+from harness.campaign.settings import DEFAULT_SHRINK_SECONDS, SandboxSettings, SettingsError, audit_settings
 from harness.demo import dominant_case, find_thresholds, panels
 from harness.formats import FORMATS, Format, parse_dtype
 from harness.profiles import PROFILES, resolve_profile
@@ -66,6 +69,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _at_least_two(text: str) -> int:
+    value = _positive(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 2 (a class count), got {value}")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
@@ -73,6 +83,8 @@ def _non_negative_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text}")
+    if math.isinf(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
     return value
 
 
@@ -120,12 +132,30 @@ def _search_options(parser: argparse.ArgumentParser, out: Path) -> None:
         "--profile", type=_profile, help="search budget: ci, dev (default) or fuzz; or $HARNESS_PROFILE"
     )
     parser.add_argument("--examples", type=_positive, help="cases per (dtype, regime) cell (default: the profile's)")
-    parser.add_argument("--max-classes", type=_positive, help="largest class count (default: the profile's)")
+    parser.add_argument("--max-classes", type=_at_least_two, help="largest class count (default: the profile's)")
     parser.add_argument("--seed", type=int, default=0, help="seed for case generation (default 0)")
     parser.add_argument("--max-ulps", type=_non_negative_float, default=4.0,
                         help="ULPs beyond which a stable result is 'inaccurate' (default 4)")  # fmt: skip
     parser.add_argument("--timeout", type=_positive_float, default=DEFAULT_TIMEOUT,
                         help=f"seconds one call may take (default {DEFAULT_TIMEOUT:g})")  # fmt: skip
+    parser.add_argument("--compile-timeout", type=_positive_float, default=DEFAULT_COMPILE_TIMEOUT, metavar="SECONDS",
+                        help="seconds the first call per (dtype, shape class) may take, and any torch.compile "
+                        f"compile (default {DEFAULT_COMPILE_TIMEOUT:g})")  # fmt: skip
+    parser.add_argument("--memory-limit", type=_non_negative_float, default=DEFAULT_MEMORY_LIMIT_MIB, metavar="MIB",
+                        help="resident memory of an implementation's sandbox process, in MiB "
+                        f"(default {DEFAULT_MEMORY_LIMIT_MIB:g}; 0: none)")  # fmt: skip
+    parser.add_argument(
+        "--framework",
+        choices=FRAMEWORKS,
+        default="auto",
+        help="arrays the implementation takes: torch, jax or numpy (default auto: from its imports)",
+    )
+    parser.add_argument(
+        "--triton-interpret",
+        action="store_true",
+        help="run Triton kernels on Triton's CPU interpreter (TRITON_INTERPRET=1 in the sandbox)",
+    )
+    parser.add_argument("--device", default="cpu", help="where the implementation runs (default cpu)")
     parser.add_argument("--out", type=Path, default=out, help=f"report folder (default {out})")
     parser.add_argument("--quiet", action="store_true", help="print only the verdict line (and no progress bar)")
     parser.add_argument("--verbose", action="store_true", help="print every table and counterexample in full")
@@ -172,7 +202,6 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("impl", help="built-in name, module:function or path/to/file.py:function")
     _search_options(check, OUT_ROOT / "check")
     check.add_argument("--strict", action="store_true", help="fail on 'inaccurate' results too")
-    check.add_argument("--device", default="cpu", help="where the implementation runs (default cpu)")
     check.add_argument("--k-dimensional", action="store_true",
                        help="IMPL also takes (N, C, d1, ...) logits: run the layout regime on it")  # fmt: skip
     check.add_argument("--save-baseline", type=Path, help="record per-(dtype, regime) statistics to FILE")
@@ -202,6 +231,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _sandbox(args: argparse.Namespace) -> SandboxSettings:
+    return SandboxSettings(args.timeout, args.compile_timeout, args.memory_limit, args.framework,
+                           args.triton_interpret, args.device).validated()  # fmt: skip
+
+
+def _check_baseline_writable(path: Path) -> None:
+    """UsageError, before the run, when --save-baseline could not be written at the end."""
+    existed = path.exists()
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(21, "is a folder")
+        with open(path, "a"):
+            pass
+        if not existed:
+            os.unlink(path)
+    except OSError as exc:
+        raise UsageError(f"cannot write the baseline to {path}: {exc.strerror or exc}") from None
+
+
 def _command(argv: Sequence[str]) -> str:
     return shlex.join(["python", "-m", "harness", *argv])
 
@@ -225,7 +273,8 @@ def _report_end(report: AuditReport, args: argparse.Namespace, what: str = "repo
 
 # audit options that set what the campaign computes: --resume takes them from the folder
 _SETTING_OPTIONS = ("impl", "dtype", "regime", "profile", "examples", "max_classes", "seed", "max_ulps", "timeout",
-                    "precision", "shard", "shrink_seconds", "strict", "out")  # fmt: skip
+                    "precision", "shard", "shrink_seconds", "strict", "out", "compile_timeout", "memory_limit",
+                    "framework", "triton_interpret", "device")  # fmt: skip
 
 
 def _audit(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -242,6 +291,8 @@ def _audit(args: argparse.Namespace, argv: Sequence[str]) -> int:
         args.impl, dtypes=args.dtype, regimes=args.regime, profile=args.profile, examples=args.examples,
         max_classes=args.max_classes, seed=args.seed, max_ulps=args.max_ulps, strict=args.strict,
         precision=args.precision, shard=args.shard, timeout=args.timeout, shrink_seconds=args.shrink_seconds,
+        compile_timeout=args.compile_timeout, memory_limit_mib=args.memory_limit, framework=args.framework,
+        triton_interpret=args.triton_interpret, device=args.device,
     )  # fmt: skip
     report = run_audit(settings, args.out, implementations=implementations, command=_command(argv),
                        progress=_progress(args), **where)  # fmt: skip
@@ -269,39 +320,45 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    profile = resolve_profile(args.profile)
+    try:
+        profile = resolve_profile(args.profile)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     formats = args.dtype or list(FORMATS.values())
     examples, max_classes = args.examples or profile.examples, args.max_classes or profile.max_classes
+    sandbox = _sandbox(args)
     try:
-        impl = load_implementation(args.impl)
+        impl = load_implementation(args.impl, sandbox.worker_options)
     except LoadError as exc:
         raise UsageError(str(exc)) from None
     if args.k_dimensional:
         impl = dataclasses.replace(impl, k_dimensional=True)
-    regimes = audit_settings([impl], dtypes=formats, regimes=args.regime, max_classes=max_classes)[0].regimes
+    regimes = audit_settings([impl], dtypes=formats, regimes=args.regime, max_classes=max_classes,
+                             profile=profile.name)[0].regimes  # fmt: skip
     saved = None
     if args.baseline:
         try:
             saved = baselines.load(args.baseline)
         except baselines.BaselineError as exc:
             raise UsageError(str(exc)) from None
+    if args.save_baseline:
+        _check_baseline_writable(args.save_baseline)
     check_writable(args.out)
-    try:
-        check_device(args.device)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
     result = check(
         impl, dtypes=formats, regimes=regimes, examples=examples, seed=args.seed, max_ulps=args.max_ulps,
         strict=args.strict, profile=profile.name, max_classes=max_classes, device=args.device, timeout=args.timeout,
-        progress=_progress(args),
+        compile_timeout=args.compile_timeout, memory_limit_mib=args.memory_limit, framework=args.framework,
+        triton_interpret=args.triton_interpret, progress=_progress(args),
     )  # fmt: skip
+    if not result.graded and not result.search.interrupted:
+        result.errors.append("no case was graded: nothing to judge the implementation on")
     run = {
         "implementation": impl.name, "seed": args.seed, "examples": examples, "max_classes": max_classes,
         "profile": profile.name,
     }  # fmt: skip
     manifest_run = {
         **run, "dtypes": [f.name for f in formats], "regimes": list(regimes), "strict": args.strict,
-        "max_ulps": args.max_ulps,
+        "max_ulps": args.max_ulps, **dataclasses.asdict(sandbox),
         "implementations": [{"name": impl.name, "source": impl.source}, {"name": "torch", "source": "built-in"}],
     }  # fmt: skip
     write_errors = write_check_folder(result, args.out, command=_command(argv), run=manifest_run)
@@ -338,13 +395,20 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _sigterm_as_interrupt() -> None:
-    """SIGTERM stops a run the way Ctrl-C does: finished work is written, marked partial."""
+    """For commands that write no partial report (demo, bench, replay): SIGTERM and Ctrl-C raise
+    KeyboardInterrupt (exit 130), and also set harness.interrupts' flag, so one swallowed where
+    Python ignores exceptions (a garbage-collector callback) stops the next search case."""
 
     def handler(signum, frame):
+        interrupts.request(signal.Signals(signum).name)
         raise KeyboardInterrupt
 
     with contextlib.suppress(ValueError):  # not the main thread (main() called from a worker): leave it
         signal.signal(signal.SIGTERM, handler)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler or interrupts.caught_early():
+            signal.signal(signal.SIGINT, handler)
+    if interrupts.requested():  # a signal before the handlers (python -m harness caught it early)
+        raise KeyboardInterrupt(interrupts.reason())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -360,9 +424,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, SettingsError) as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt as exc:
+    except (KeyboardInterrupt, interrupts.Interrupted) as exc:
         print(f"harness: interrupted{': ' + str(exc) if str(exc) else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:  # the tool's own bug: one line (exit 3), the traceback on request
+        if os.environ.get("HARNESS_DEBUG"):
+            raise
+        first = (str(exc).splitlines() or [""])[0]
+        print(f"harness: TOOL ERROR: {type(exc).__name__}: {first} (HARNESS_DEBUG=1 shows the traceback)",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_TOOL_ERROR
+    finally:
+        interrupts.clear()
 
 
 def _run(argv: list[str]) -> int:

@@ -5,7 +5,9 @@
         ce_stability(my_cross_entropy, dtypes=["bfloat16"], strict=True)
 
 Command-line options set the default budget for every call:
-``--ce-profile``, ``--ce-examples``, ``--ce-seed``, ``--ce-max-classes``.
+``--ce-profile``, ``--ce-examples``, ``--ce-seed``, ``--ce-max-classes``; and how the
+implementation is called (its sandbox process): ``--ce-timeout``, ``--ce-compile-timeout``,
+``--ce-memory-limit`` (MiB), ``--ce-framework``, ``--ce-triton-interpret``, ``--ce-device``.
 The ``ce_stability`` marker skips nothing; it only labels tests (``-m ce_stability``).
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import pytest
 
 from harness.api import CheckResult, assert_stable
+from harness.calling.frameworks import FRAMEWORKS
 from harness.profiles import PROFILES
 
 
@@ -23,6 +26,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--ce-examples", type=int, default=None, help="cases per (dtype, regime) cell")
     group.addoption("--ce-seed", type=int, default=0, help="seed for case generation (default 0)")
     group.addoption("--ce-max-classes", type=int, default=None, help="largest class count drawn")
+    group.addoption("--ce-timeout", type=float, default=None, help="seconds per call (default 5)")
+    group.addoption("--ce-compile-timeout", type=float, default=None,
+                    help="seconds for a compiler's first call per (dtype, shape class), and its compiles")  # fmt: skip
+    group.addoption("--ce-memory-limit", type=float, default=None, help="MiB of the sandbox's resident memory")
+    group.addoption("--ce-framework", choices=FRAMEWORKS, default=None, help="arrays the implementation takes")
+    group.addoption("--ce-triton-interpret", action="store_true", default=None,
+                    help="run Triton kernels on Triton's CPU interpreter")  # fmt: skip
+    group.addoption("--ce-device", default=None, help="where implementations run (default cpu)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -39,6 +50,15 @@ def ce_stability(request: pytest.FixtureRequest):
         "seed": config.getoption("--ce-seed"),
         "max_classes": config.getoption("--ce-max-classes"),
     }
+    sandbox = {
+        "timeout": config.getoption("--ce-timeout"),
+        "compile_timeout": config.getoption("--ce-compile-timeout"),
+        "memory_limit_mib": config.getoption("--ce-memory-limit"),
+        "framework": config.getoption("--ce-framework"),
+        "triton_interpret": config.getoption("--ce-triton-interpret"),
+        "device": config.getoption("--ce-device"),
+    }
+    defaults.update({key: value for key, value in sandbox.items() if value is not None})
 
     def run(fn, **options) -> CheckResult:
         __tracebackhide__ = True

@@ -8,7 +8,9 @@ from pathlib import Path
 import torch
 
 from harness import oracle
+from harness.calling.caller import DEFAULT_COMPILE_TIMEOUT, DEFAULT_MEMORY_LIMIT_MIB, DEFAULT_TIMEOUT
 from harness.calling.loading import load_implementation
+from harness.campaign.settings import SandboxSettings
 from harness.formats import bit_pattern
 from harness.runner import run_case
 from reports.store import load_cases, load_manifest, load_records, load_reproducers
@@ -29,13 +31,23 @@ def replay_case(report: Path, case_id: str, impl_specs: Sequence[str] | None = N
     case = stored[case_id]
     specs = impl_specs or [impl["name"] if impl["source"] == "built-in" else impl["source"]
                            for impl in manifest["implementations"]]  # fmt: skip
-    implementations = [load_implementation(spec) for spec in specs]
+    saved = manifest.get("settings") or manifest
+    sandbox = SandboxSettings(
+        float(saved.get("timeout", DEFAULT_TIMEOUT)),
+        float(saved.get("compile_timeout", DEFAULT_COMPILE_TIMEOUT)),
+        float(saved.get("memory_limit_mib", DEFAULT_MEMORY_LIMIT_MIB)),
+        str(saved.get("framework", "auto")),
+        bool(saved.get("triton_interpret", False)),
+        str(saved.get("device", "cpu")),
+    ).validated()  # as the report was made
+    implementations = [load_implementation(spec, sandbox.worker_options) for spec in specs]
     records = load_records(report)
     recorded = records[records["case_id"] == case_id].set_index("impl")
     reproducers = load_reproducers(report)
     if recorded.empty and reproducers is not None:  # a shrunk reproducer: its implementation's output is kept
         recorded = reproducers[reproducers["reproducer"] == case_id].set_index("impl")
-    fresh = run_case(case, implementations)
+    with sandbox.caller() as caller:
+        fresh = run_case(case, implementations, caller=caller)
     dtype = case.dtype
     lines = [
         f"case {case_id}  regime {case.regime}  dtype {case.format.name}  shape {tuple(case.logits.shape)}",

@@ -18,16 +18,20 @@ from harness.calling.caller import Caller
 from harness.calling.registry import Implementation
 from harness.grading.metrics import measure
 from harness.grading.verdicts import Policy, allowance
+from harness.numerics import harness_numerics
 from strategies import Case
 
-__all__ = ["RECORD_COLUMNS", "run_case"]
+__all__ = ["RECORD_COLUMNS", "TIMING_COLUMNS", "run_case"]
 
 RECORD_COLUMNS = (
     "case_id", "regime", "dtype", "n_samples", "n_classes", "max_abs_logit", "spread",
     "impl", "reduction", "sample", "output", "output_bits", "oracle", "exact", "abs_error", "rel_error",
     "ulps", "bits", "outcome", "verdict", "allowance", "allowance_ratio",
-    "oracle_certified", "oracle_precision", "oracle_method", "message", "impl_seconds", "oracle_seconds",
+    "oracle_certified", "oracle_precision", "oracle_method", "message", "impl_seconds", "compile_seconds",
+    "oracle_seconds",
 )  # fmt: skip
+# Wall-clock columns: the only ones that differ between two runs of the same command.
+TIMING_COLUMNS = ("impl_seconds", "compile_seconds", "oracle_seconds")
 
 
 def _logit_stats(case: Case) -> dict:
@@ -103,8 +107,18 @@ def run_case(
     """One record per implementation that supports the case (its dtype, and its layout).
 
     Samples are numbered in the row-major order of the targets (see Case.row_logits).
+    Implementations run in their sandbox processes (``caller``, default a fresh Caller
+    whose workers go back to the pool afterwards); the oracle and the grading run here,
+    under ``harness_numerics`` (IEEE arithmetic whatever the calling script set).
     """
-    caller = caller or Caller()
+    if caller is None:
+        with Caller() as own:
+            return run_case(case, implementations, policy, own)
+    with harness_numerics():
+        return _run_case(case, implementations, policy, caller)
+
+
+def _run_case(case: Case, implementations: Iterable[Implementation], policy: Policy, caller: Caller) -> list[dict]:
     lazy = _LazyOracle(case)
     special = _special_rows(case)
     shared = {
@@ -145,12 +159,13 @@ def run_case(
                 **shared,
                 "impl": impl.name,
                 "reduction": reduction,
-                "message": "",
+                "message": called.message,  # a failure's, or how an odd output was read
                 **metrics,
                 "oracle_certified": all(v.certified for v in used),
                 "oracle_precision": worst.precision,
                 "oracle_method": worst.method,
                 "impl_seconds": seconds,
+                "compile_seconds": called.compile_seconds,
                 "oracle_seconds": lazy.seconds,
             }
         )

@@ -21,22 +21,24 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis.internal.conjecture import engine
 from tqdm import tqdm
 
-from harness import oracle
+from harness import interrupts, oracle
 from harness.calling.caller import Caller
 from harness.calling.registry import Implementation
-from harness.campaign import interrupts
 from harness.determinism import independent_of_local_constants
 from harness.formats import Format
 from harness.grading.verdicts import Policy
+from harness.numerics import harness_numerics
 from harness.profiles import Profile
 from harness.runner import run_case
 from strategies import Case, anchor_cases, cases
 
-__all__ = ["Counterexample", "SearchResult", "cell_seed", "search"]
+__all__ = ["Counterexample", "SearchResult", "cell_seed", "search", "self_check_choice"]
 
 SHRINK_SECONDS = 30.0  # shrinking time for a whole run
 SELF_CHECK_CASES = 12  # oracle values re-derived at higher precision after every run
-SELF_CHECK_MAX_ELEMENTS = 4096
+SELF_CHECK_MAX_ELEMENTS = 4096  # larger cases: only their worst row is re-derived
+# Class-count classes the self-check draws from in turn, so large rows are always among them.
+SELF_CHECK_SIZE_CLASSES = ((2, 64), (65, 4096), (4097, 32_768), (32_769, 1 << 62))
 CELL_SHRINK_SECONDS = 8.0  # and for one (dtype, regime) cell
 
 
@@ -122,14 +124,33 @@ def search(
     Without ``fails``, every case is kept. ``finished`` maps (dtype name, regime) cells
     of a resumed run to their records: those cells are not run again (and
     ``finished_cases`` supplies their stored cases). A stop request
-    (``harness.campaign.interrupts``: Ctrl-C, SIGTERM), checked before every case, stops
+    (``harness.interrupts``: Ctrl-C, SIGTERM), checked before every case, stops
     the run and returns what was computed, with ``interrupted`` set. ``on_case()`` is
     called after each new case (a progress display). Finally ``self_check`` cases are
     re-evaluated by the oracle at higher precision, mpmath only; a disagreement is a tool
     error. ``shard=(k, n)`` runs only the k-th of every n cells (see ``harness merge``).
     ``targeted=False`` turns off Hypothesis's target phase (plain generation, for comparison).
+    Implementations run in ``caller``'s sandboxes (default: a Caller of this search);
+    cases are drawn and graded under ``harness_numerics``.
     """
-    caller = caller or Caller()
+    if caller is None:
+        with Caller() as own:
+            return search(
+                formats, regimes, implementations, profile=profile, seed=seed, examples=examples,
+                max_classes=max_classes, policy=policy, fails=fails, subject=subject, shrink_seconds=shrink_seconds,
+                caller=own, finished=finished, finished_cases=finished_cases, self_check=self_check, on_cell=on_cell,
+                shard=shard, progress=progress, targeted=targeted, on_case=on_case,
+            )  # fmt: skip
+    caller.start(implementations)  # the workers start side by side while the first case is drawn
+    with harness_numerics():
+        return _search(formats, regimes, implementations, profile, seed, examples, max_classes, policy, fails,
+                       subject, shrink_seconds, caller, finished, finished_cases, self_check, on_cell, shard, progress,
+                       targeted, on_case)  # fmt: skip
+
+
+def _search(formats, regimes, implementations, profile, seed, examples, max_classes, policy, fails, subject,
+            shrink_seconds, caller, finished, finished_cases, self_check, on_cell, shard, progress,
+            targeted, on_case) -> SearchResult:  # fmt: skip
     finished = finished or {}
     finished_cases = finished_cases or {}
     result = SearchResult()
@@ -225,25 +246,66 @@ def search(
     return result
 
 
-def oracle_self_check(result: SearchResult, count: int) -> list[str]:
-    """Re-evaluate ``count`` of the run's cases (evenly spread) with the mpmath tier alone,
-    starting at twice the usual precision; every disagreement is returned as a tool error."""
-    by_case = {}
+def self_check_choice(result: SearchResult, count: int) -> list[dict]:
+    """``count`` graded per-sample records, one case each, spread evenly within each class-count
+    class and taken from the classes in turn (small rows to vocabulary-size rows)."""
+    by_case: dict[str, dict] = {}
     for record in result.records:
         if record["reduction"] == "none" and record["oracle_certified"] and record["case_id"] in result.cases:
             by_case.setdefault(record["case_id"], record)
-    small = [cid for cid in by_case if result.cases[cid].logits.numel() <= SELF_CHECK_MAX_ELEMENTS]
-    chosen = small[:: max(1, len(small) // count)][:count] if count else []
+    pools = []
+    for low, high in SELF_CHECK_SIZE_CLASSES:
+        members = [r for r in by_case.values() if low <= result.cases[r["case_id"]].n_classes <= high]
+        if members:
+            pools.append(members)
+    chosen: list[dict] = []
+    if not count or not pools:
+        return chosen
+    share = [count // len(pools) + (i < count % len(pools)) for i in range(len(pools))]
+    for members, n in zip(pools, share):
+        if n:
+            chosen.extend(members[:: max(1, len(members) // n)][:n])
+    return chosen[:count]
+
+
+def oracle_self_check(result: SearchResult, count: int) -> list[str]:
+    """Re-evaluate ``count`` of the run's cases, from every class-count class, with the mpmath tier alone,
+    starting at twice the usual precision; every disagreement is returned as a tool error.
+
+    It runs here, in the harness process, which implementations never touch. Each chosen
+    case is evaluated again as grading did (both tiers) and at high precision (mpmath
+    only), and the recorded oracle value of its worst sample is compared too. A case of
+    more than SELF_CHECK_MAX_ELEMENTS elements is checked on its recorded worst row, so a
+    vocabulary-size row costs one row's evaluation.
+    """
     errors = []
-    for case_id in chosen:
-        interrupts.check()
-        case = result.cases[case_id]
-        first = oracle.evaluate(case.row_logits, case.row_targets)
-        precision = 2 * (case.format.precision + 53) + 80
-        again = oracle.evaluate(case.row_logits, case.row_targets, start_precision=precision, tiers=("mpmath",))
-        for sample, (a, b) in enumerate(zip(first, again)):
-            if not (a.value == b.value or (math.isnan(a.value) and math.isnan(b.value))):
-                errors.append(f"oracle self-check: case {case_id} sample {sample}: {a.value!r} ({a.method}) "
-                              f"but {b.value!r} at higher precision")  # fmt: skip
+    chosen = self_check_choice(result, count)
+    with harness_numerics():
+        for record in chosen:
+            interrupts.check()
+            case = result.cases[record["case_id"]]
+            rows, targets = case.row_logits, case.row_targets
+            samples = list(range(len(targets)))
+            worst = max(int(record["sample"]), 0)
+            if case.logits.numel() > SELF_CHECK_MAX_ELEMENTS:
+                samples = [worst]
+            first = oracle.evaluate(rows[samples], targets[samples])
+            precision = 2 * (case.format.precision + 53) + 80
+            again = oracle.evaluate(rows[samples], targets[samples], start_precision=precision, tiers=("mpmath",))
+            recorded = OracleValueLike(float(record["oracle"]))
+            pairs = [(s, a, b) for s, a, b in zip(samples, first, again)]
+            pairs += [(worst, recorded, b) for s, b in zip(samples, again) if s == worst]
+            for sample, a, b in pairs:
+                if not (a.value == b.value or (math.isnan(a.value) and math.isnan(b.value))):
+                    what = "recorded" if a is recorded else a.method
+                    errors.append(f"oracle self-check: case {case.case_id} sample {sample}: {a.value!r} ({what}) "
+                                  f"but {b.value!r} at higher precision")  # fmt: skip
     result.self_checked = len(chosen)
     return errors
+
+
+@dataclass(frozen=True)
+class OracleValueLike:
+    """A recorded oracle value, compared like an OracleValue."""
+
+    value: float

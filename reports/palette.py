@@ -45,6 +45,8 @@ CATEGORIES: dict[str, str] = {
     "spurious NaN": "#a50026",
     "raised": "#7f2704",
     "timeout": "#e08214",
+    "killed memory": "#d95f0e",
+    "crashed": "#67001f",
     "bad output": "#b35806",
     "mutated input": "#cc4c02",
     "nondeterministic": "#fe9929",
@@ -62,6 +64,8 @@ CATEGORY_MEANINGS: dict[str, str] = {
     "spurious NaN": OUTCOME_MEANINGS["spurious_nan"],
     "raised": OUTCOME_MEANINGS["raised"],
     "timeout": OUTCOME_MEANINGS["timeout"],
+    "killed memory": OUTCOME_MEANINGS["killed_memory"],
+    "crashed": OUTCOME_MEANINGS["crashed"],
     "bad output": OUTCOME_MEANINGS["bad_output"],
     "mutated input": OUTCOME_MEANINGS["mutated_input"],
     "nondeterministic": OUTCOME_MEANINGS["nondeterministic"],
@@ -70,7 +74,8 @@ CATEGORY_MEANINGS: dict[str, str] = {
 _CATEGORY_OF_OUTCOME = {
     "exact": "exact", "accepted_nan": "accepted NaN", "accepted_inf": "accepted inf",
     "missing_nonfinite": "missing inf/NaN", "spurious_inf": "spurious inf", "spurious_nan": "spurious NaN",
-    "raised": "raised", "timeout": "timeout", "bad_output": "bad output", "mutated_input": "mutated input",
+    "raised": "raised", "timeout": "timeout", "killed_memory": "killed memory", "crashed": "crashed",
+    "bad_output": "bad output", "mutated_input": "mutated input",
     "nondeterministic": "nondeterministic", "uncertified": "uncertified oracle",
 }  # fmt: skip
 _FINITE_BY_VERDICT = {"ok": "within allowance", "inaccurate": "inaccurate", "unstable": "unstable error"}

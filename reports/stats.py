@@ -102,7 +102,8 @@ HEADLINE_MEANINGS = {
     "exact_share": "share of cases equal to the correctly rounded loss",
     "accepted_nonfinite": "inf/NaN the verdicts accept (a +inf logit, or a mean whose rows overflow)",
     "nonfinite_failures": "spurious inf, spurious NaN, or a finite value where the loss is inf/NaN",
-    "other_failures": "the call raised, timed out, returned a bad value, wrote its input or was nondeterministic",
+    "other_failures": "the call raised, timed out, crashed, ran out of memory, returned a bad value, wrote an input "
+    "or was nondeterministic",
     "median_ulps": "median ULPs from the correctly rounded loss, finite results only",
     "max_finite_ulps": "largest ULPs from the correctly rounded loss, finite results only",
     "max_allowance_ratio": "worst error over the stability allowance (above 1: unstable; inf: a non-finite failure)",

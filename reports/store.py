@@ -171,7 +171,10 @@ def load_manifest(folder: Path) -> dict:
 def load_records(folder: Path) -> pd.DataFrame:
     # pandas < 3 parses floats fast but up to an ulp off unless asked to round-trip; 3 always does
     exact = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
-    return pd.read_csv(Path(folder) / RECORDS_CSV, dtype={"output_bits": str}, **exact)
+    records = pd.read_csv(Path(folder) / RECORDS_CSV, dtype={"output_bits": str}, **exact)
+    if "compile_seconds" not in records:  # written before compile time was recorded apart
+        records.insert(records.columns.get_loc("impl_seconds") + 1, "compile_seconds", 0.0)
+    return records
 
 
 def load_reproducers(folder: Path) -> pd.DataFrame | None:

@@ -23,7 +23,7 @@ small=(--examples 2 --max-classes 64 --quiet)
 "$py" -m harness demo --out demo >/dev/null
 "$py" -m harness check stable --dtype float32 "${small[@]}" --out check
 for file in audit/report.html audit/manifest.json precision/precision.md precision/report.html demo/demo.html \
-            demo/demo.png check/records.csv; do
+            demo/demo-overflow.png demo/demo-underflow.png demo/demo-dominant.png check/records.csv; do
   test -s "$file" || { echo "check_plain_install: $file is missing" >&2; exit 1; }
 done
 for manifest in audit/manifest.json precision/manifest.json check/manifest.json; do

@@ -21,7 +21,8 @@ def test_bench_prints_every_ratio(capsys):
     assert main(["bench", "--rows", "2", "--classes", "2048", "--repeats", "1"]) == 0
     shown = capsys.readouterr().out
     needles = ("fast oracle tier", "double-double tier", "by output dtype", "audit of one case", "mpmath tier")
-    for needle in (*needles, "peak memory", "ratio", "speed-up"):
+    sandbox = ("sandbox call (3, 32)", "thread call (before #12)", "largest sandbox worker")
+    for needle in (*needles, *sandbox, "peak memory", "ratio", "speed-up"):
         assert needle in shown
 
 

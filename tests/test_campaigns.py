@@ -13,10 +13,11 @@ import pytest
 from harness.campaign.executors import InProcess, make_executor
 from harness.campaign.settings import SettingsError
 from harness.cli import main
+from harness.runner import TIMING_COLUMNS
 
 SMALL = ["--dtype", "float32", "--dtype", "bfloat16", "--examples", "3", "--max-classes", "64", "--quiet",
          "--shrink-seconds", "0"]  # fmt: skip
-TIMING = ["impl_seconds", "oracle_seconds"]
+TIMING = list(TIMING_COLUMNS)
 
 
 def _records(folder) -> pd.DataFrame:
@@ -237,10 +238,8 @@ def test_python_api_runs_an_audit_like_the_cli(tmp_path):
     assert main(["audit", "--impl", "stable", "--impl", "naive", "--dtype", "float32", "--regime", "moderate",
                  "--regime", "huge", "--examples", "3", "--max-classes", "64", "--shrink-seconds", "0", "--quiet",
                  "--out", str(cli)]) == 0  # fmt: skip
-    ours = report.records.drop(columns=["impl_seconds", "oracle_seconds"])
-    theirs = pd.read_csv(cli / "records.csv", dtype={"output_bits": str}).drop(
-        columns=["impl_seconds", "oracle_seconds"]
-    )
+    ours = report.records.drop(columns=list(TIMING_COLUMNS))
+    theirs = pd.read_csv(cli / "records.csv", dtype={"output_bits": str}).drop(columns=list(TIMING_COLUMNS))
     assert list(ours["case_id"]) == list(theirs["case_id"]) and list(ours["verdict"]) == list(theirs["verdict"])
 
 

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from harness.cli import main
+from harness.runner import TIMING_COLUMNS
 from reports.store import load_cases
 
 TINY = ["--examples", "2", "--max-classes", "64", "--quiet", "--shrink-seconds", "0"]
@@ -63,7 +64,7 @@ def test_worst_cases_are_stored_and_replay_bit_for_bit(report, capsys):
 
 def test_same_seed_same_records(report, tmp_path):
     assert main(["audit", *TINY, "--regime", "huge", "--regime", "moderate", "--out", str(tmp_path)]) == 0
-    timing = ["impl_seconds", "oracle_seconds"]
+    timing = list(TIMING_COLUMNS)
     first = pd.read_csv(report / "records.csv").drop(columns=timing)
     second = pd.read_csv(tmp_path / "records.csv").drop(columns=timing)
     pd.testing.assert_frame_equal(first, second)
@@ -82,12 +83,52 @@ def test_same_seed_same_records(report, tmp_path):
         (["check", "naive", "--regime", "layout"], "regime 'layout' needs an implementation"),
         (["replay", "/nonexistent/report", "abc"], "not a report folder"),
         (["frobnicate"], "invalid choice"),
+        # issue 12's bad uses: one line, exit 2, before any work
+        (["check", "torch", "--max-classes", "1"], "integer >= 2"),
+        (["audit", "--max-classes", "1"], "integer >= 2"),
+        (["check", "torch", "--regime", "large_vocab", "--max-classes", "64"], "needs a class limit of at least 1024"),
+        (["audit", "--regime", "large_vocab", "--max-classes", "64"], "needs a class limit of at least 1024"),
+        (["check", "torch", "--save-baseline", "/nonexistent/folder/base.json"], "cannot write the baseline"),
+        (["check", "torch", "--timeout", "inf"], "finite"),
+        (["audit", "--timeout", "inf"], "finite"),
+        (["check", "torch", "--compile-timeout", "0"], "positive number"),
+        (["check", "torch", "--memory-limit", "-5"], "non-negative"),
+        (["check", "torch", "--device", "meta"], "cannot run implementations on values"),
+        (["audit", "--device", "meta"], "cannot run implementations on values"),
+        (["check", "torch", "--framework", "tensorflow"], "invalid choice"),
+        (["audit", "--impl", "torch", "--impl", "torch"], "named twice"),
+        (["audit", "--impl", "tests.implementations.sound:torch_ce<b>"], "contains '<'"),
+        (["check", "tests.implementations.sound:$torch_ce$"], "contains '$'"),
     ],
 )
 def test_usage_errors_are_one_line_with_exit_2(args, message, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", [["check", "torch"], ["audit"]])
+def test_a_bogus_profile_in_the_environment_is_a_usage_error(command, monkeypatch, capsys):
+    monkeypatch.setenv("HARNESS_PROFILE", "bogus")
+    assert main([*command, "--examples", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown profile 'bogus'" in err and "\n" not in err
+
+
+def test_a_run_that_grades_nothing_never_passes(tmp_path, monkeypatch, capsys):
+    import harness.oracle
+    from harness.oracle import OracleValue
+
+    def undecided(logits, targets, *args, **kwargs):
+        return [OracleValue(float("nan"), float("nan"), False, 4096, "mpmath") for _ in range(len(targets))]
+
+    monkeypatch.setattr(harness.oracle, "evaluate", undecided)
+    assert main(["check", "torch", "--dtype", "float32", "--regime", "moderate", "--examples", "2", "--quiet",
+                 "--out", str(tmp_path / "c")]) == 3  # fmt: skip
+    captured = capsys.readouterr()
+    assert "FAILED" in captured.out and "no case was graded" in captured.out + captured.err
+    assert main(_one_cell(tmp_path / "a")) == 3
+    assert "no case was graded" in capsys.readouterr().err
 
 
 def test_unwritable_output_folder(tmp_path, capsys):

@@ -22,15 +22,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from harness import interrupts
 from harness.calling.registry import REGISTRY
-from harness.campaign import interrupts
 from harness.cli import main
 from harness.formats import FORMATS
 from harness.profiles import resolve_profile
+from harness.runner import TIMING_COLUMNS
 from harness.search import search
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMING = ["impl_seconds", "oracle_seconds"]
+TIMING = list(TIMING_COLUMNS)
 # naive fails on huge and near_overflow, so a run has cells, checkpoints, shrinking and a final report
 RUN = ["audit", "--impl", "stable", "--impl", "naive", "--dtype", "float32", "--dtype", "bfloat16", "--regime", "huge",
        "--regime", "moderate", "--regime", "near_overflow", "--examples", "5", "--max-classes", "256",

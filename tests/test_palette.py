@@ -26,7 +26,13 @@ def test_failures_are_warm_and_accepted_and_exact_are_cool():
         assert is_warm(CATEGORIES[name]), name
 
 
-@pytest.mark.parametrize("outcome", ["crashed", "killed_memory", "some_future_failure"])
+def test_the_sandbox_outcomes_have_warm_categories_of_their_own():
+    records = pd.DataFrame({"outcome": ["crashed", "killed_memory"], "verdict": ["unstable", "unstable"]})
+    assert list(category(records)) == ["crashed", "killed memory"]
+    assert all(is_warm(CATEGORIES[name]) for name in ("crashed", "killed memory"))
+
+
+@pytest.mark.parametrize("outcome", ["some_future_failure", "another_one"])
 def test_an_outcome_added_later_falls_back_to_a_warm_colour(outcome):
     assert outcome not in OUTCOMES
     assert is_warm(outcome_colour(outcome))

@@ -49,3 +49,25 @@ def test_fixture_works_under_xdist(pytester):
     result = pytester.runpytest_subprocess("-n", "2", "--ce-examples", "3", "--ce-max-classes", "64",
                                            "-p", "no:cacheprovider")  # fmt: skip
     result.assert_outcomes(passed=1, failed=1)
+
+
+SLOW_USER_TEST = """
+import time
+import torch.nn.functional as F
+
+
+def slow(logits, targets):
+    time.sleep(3)
+    return F.cross_entropy(logits, targets, reduction="none")
+
+
+def test_slow(ce_stability):
+    ce_stability(slow, dtypes=["float32"], regimes=["moderate"])
+"""
+
+
+def test_sandbox_options_reach_every_check(pytester):
+    pytester.makepyfile(test_user=SLOW_USER_TEST)
+    result = pytester.runpytest_subprocess("--ce-examples", "1", "--ce-timeout", "0.5", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*unstable, timeout*", "*no answer within 0.5 s*"])

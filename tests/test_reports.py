@@ -41,15 +41,17 @@ class _Collector(html.parser.HTMLParser):
 @pytest.fixture(scope="module")
 def html_report(tmp_path_factory):
     folder = tmp_path_factory.mktemp("html")
-    hostile = folder / "<script>alert(1).py"
-    hostile.write_text(
+    mine = folder / "mine.py"
+    mine.write_text(
         "import torch.nn.functional as F\ndef ce(x, t):\n    return F.cross_entropy(x, t, reduction='none')\n"
     )
+    # implementation names with HTML in them are refused (tests/test_cli.py); a folder name is not
+    out = folder / "<script>alert(1)"
     args = ["audit", "--examples", "3", "--max-classes", "64", "--regime", "huge", "--regime", "moderate",
-            "--impl", "naive", "--impl", f"{hostile}:ce", "--quiet", "--shrink-seconds", "10",
-            "--out", str(folder / "out")]  # fmt: skip
+            "--impl", "naive", "--impl", f"{mine}:ce", "--quiet", "--shrink-seconds", "10",
+            "--out", str(out)]  # fmt: skip
     assert main(args) == 0
-    return folder / "out"
+    return out
 
 
 def test_html_parses_with_every_section_and_embedded_images(html_report):
@@ -102,7 +104,7 @@ def test_shrinking_can_be_turned_off(tmp_path):
     assert json.loads((tmp_path / "manifest.json").read_text())["shrink_seconds"] == 0
 
 
-def test_html_escapes_hostile_names(html_report):
+def test_html_escapes_hostile_paths(html_report):
     text = (html_report / "report.html").read_text()
     collector = _Collector()
     collector.feed(text)

@@ -1,1 +1,2 @@
-"""How implementations are declared, loaded and called: registry, loading, the caller."""
+"""How implementations are declared, loaded and called: registry, loading, the caller and its sandbox
+processes (sandbox in the harness, worker inside each process, protocol between them, frameworks)."""

@@ -1,121 +1,426 @@
-"""Call an implementation under test defensively.
+"""Call an implementation under test defensively, in a sandbox process of its own.
 
-Every call gets fresh copies of the inputs, on the requested device, in a worker thread
-with a timeout. The output is validated (a tensor of the right shape, dtype and device),
-the input is compared bit for bit with a pristine copy (in-place writes), and the call
-is repeated to catch nondeterminism. Whatever goes wrong becomes a failure outcome.
+``Caller.call(impl, case) -> CallResult`` is what the runner uses. Each implementation
+runs in its own worker process (``harness.calling.sandbox``), never in the harness's:
+nothing it does can change the harness's arithmetic, and the worker is killed and
+restarted when a call times out (even one that holds the GIL), crashes, exits or runs
+away with memory. Each of these is an outcome of the record (``timeout``, ``crashed``,
+``killed_memory``) and the run goes on.
 
-A call that times out cannot be killed (Python threads cannot be); it is left to finish
-in its daemon thread, and later calls of that implementation are skipped, as timeouts,
-until it does, so hung calls never pile up.
+Every call gets fresh inputs laid out exactly as drawn. The worker checks that no input
+was written (``mutated_input`` names which) and reads the answer into an owned dense
+tensor before the second call of the determinism check, so a reused output buffer is
+caught. Odd answers (sparse, negative views, subclasses, named tensors) are read safely
+or recorded as ``bad_output``; the output must have the targets' shape (or be a scalar
+mean), the logits' dtype and the requested device.
+
+``Caller.invoke(impl, Request(...))`` is the general form the other calling paths build on:
+positional tensors, keyword arguments (tensors, numbers, strings, None) passed by keyword,
+and an optional backward step that returns the gradient of the chosen input.
+
+Compiled kernels: while dynamo reports a compile (torch.compile), the time limit is the
+compile timeout, counted from the compile's start, and the compile time is reported apart
+(``compile_seconds``). Where a compiler is loaded in the worker (dynamo, JAX, Triton,
+numba, ...), the first call per compile key (dtype, dimensions, shape class) also gets the
+compile timeout, once per implementation; an implementation that times out under that
+allowance gets no more of them (it hangs, it does not compile).
+
+After ``MAX_DEATHS`` deaths in a row (timeouts, crashes, memory kills) an implementation's
+calls are skipped, recorded with the last death's outcome and a message starting
+``skipped:``, and retried after 8, 16, 32 then every 64 skipped calls, so a hung or
+crashing implementation costs a run minutes, not hours.
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from dataclasses import dataclass
+import contextlib
+import math
+import pickle
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import torch
 
+from harness.calling.protocol import Packer, ProtocolError, storage_bytes, unpack_tensor
 from harness.calling.registry import Implementation
-from harness.formats import format_of
+from harness.calling.sandbox import LOAD_TIMEOUT, Death, LoadFailed, Sandbox, Target, WorkerOptions, acquire, release
 from strategies import Case
 
-__all__ = ["DEFAULT_TIMEOUT", "CallResult", "Caller"]
+__all__ = [
+    "DEFAULT_COMPILE_TIMEOUT",
+    "DEFAULT_MEMORY_LIMIT_MIB",
+    "DEFAULT_TIMEOUT",
+    "LARGE_CLASSES",
+    "MAX_DEATHS",
+    "Backward",
+    "CallResult",
+    "Caller",
+    "Request",
+    "compile_key",
+    "pickle_callable",
+    "target_of",
+]
 
-DEFAULT_TIMEOUT = 5.0
+DEFAULT_TIMEOUT = 5.0  # seconds per call
+DEFAULT_COMPILE_TIMEOUT = 300.0  # seconds for the first call per compile key, and while dynamo compiles
+DEFAULT_MEMORY_LIMIT_MIB = 8192.0  # a worker's resident memory; 0 or None: no limit
+LARGE_CLASSES = 1024  # class counts from here on are another shape class (another kernel, often)
+MAX_DEATHS = 3
+_BACKOFF = (8, 16, 32, 64)
+
+
+@dataclass(frozen=True)
+class Backward:
+    """A backward step after the call: the gradient of input ``wrt`` (positional index) is returned.
+
+    ``grad_output`` is back-propagated from the output (its shape); None: the output must be
+    a scalar, back-propagated with 1.
+    """
+
+    wrt: int = 0
+    grad_output: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Request:
+    """One call of an implementation: ``fn(*args, **kwargs)``, ``repeat`` times, optionally with backward.
+
+    ``args`` are tensors, sent with their exact layout; ``kwargs`` values are tensors,
+    numbers, strings, booleans or None; ``names`` name the positional tensors in messages
+    (``mutated_input``). ``key`` is the compile key (see ``compile_key``): the first call
+    with a new key may take the compile allowance, where a compiler is loaded.
+    """
+
+    args: tuple[torch.Tensor, ...]
+    kwargs: Mapping[str, object] = field(default_factory=dict)
+    names: tuple[str, ...] = ()
+    repeat: int = 2
+    backward: Backward | None = None
+    key: tuple = ()
 
 
 @dataclass(frozen=True)
 class CallResult:
-    output: torch.Tensor | None  # on the CPU; None when the call failed
+    output: torch.Tensor | None  # on the CPU, dense, owned; None when the call failed
     failure: str | None  # an outcome name from harness.grading.metrics.OUTCOMES, or None
-    message: str
-    seconds: float
+    message: str  # the failure, or notes on how the output was read
+    seconds: float  # run time of the calls, compile time excluded
+    compile_seconds: float = 0.0  # time the worker reported compiling (torch.compile, JAX)
+    grad: torch.Tensor | None = None  # the backward step's gradient, dense, owned
+    info: Mapping[str, object] = field(default_factory=dict)  # what was returned: type, dtype, device, shape
 
 
-def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+def compile_key(case: Case) -> tuple:
+    """(dtype, dimensions, shape class): a compiling kernel's first call for each gets the allowance."""
+    return (case.format.name, case.logits.ndim, "large" if case.n_classes >= LARGE_CLASSES else "small")
+
+
+def pickle_callable(fn, label: str, *, by_value: bool = False) -> bytes:
+    """cloudpickle's bytes of ``fn`` (lambdas, closures and ``__main__`` functions by value).
+
+    Raises ValueError (one line) for a callable that cannot be pickled.
+    """
+    import cloudpickle
+
+    module = None
+    if by_value:
+        import sys
+
+        module = sys.modules.get(getattr(fn, "__module__", None) or "")
+        if module is not None and module.__name__ not in ("__main__", "builtins"):
+            cloudpickle.register_pickle_by_value(module)
+        else:
+            module = None
+    try:
+        return cloudpickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        from harness.calling.worker import describe_exception
+
+        raise ValueError(
+            f"cannot send {label} to its sandbox process: {describe_exception(exc)}; "
+            "define it in a file and pass 'path/to/file.py:function'"
+        ) from None
+    finally:
+        if module is not None:
+            cloudpickle.unregister_pickle_by_value(module)
+
+
+def _importable_name(fn) -> str | None:
+    """'module:qualname' for a module-level function a worker can import by name, else None."""
+    import sys
+    import types
+
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
+    if not isinstance(fn, types.FunctionType) or not module or module == "__main__" or "<" in qualname:
+        return None
+    found = sys.modules.get(module)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return f"{module}:{qualname}" if found is fn else None
+
+
+def target_of(impl: Implementation, *, by_value: bool = False) -> Target:
+    """Where a worker finds ``impl``: its spec, the module and name of its function, or its pickled callable.
+
+    A module-level function is imported by name (so it shares a worker with the same
+    ``module:function`` spec); anything else is sent with cloudpickle.
+    """
+    if impl.location:
+        path = impl.location.rpartition(":")[0]
+        stamp = ""
+        if path.endswith(".py"):
+            try:
+                stamp = str(Path(path).stat().st_mtime_ns)
+            except OSError:
+                stamp = ""
+        return Target("spec", impl.location, label=impl.name, stamp=stamp)
+    if impl.fn is None:
+        raise ValueError(f"{impl.name} has neither a callable nor a spec to load")
+    name = None if by_value or impl.pickle_by_value else _importable_name(impl.fn)
+    if name is not None:
+        return Target("spec", name, label=impl.name)
+    payload = pickle_callable(impl.fn, impl.name, by_value=by_value or impl.pickle_by_value)
+    return Target("pickle", payload, label=impl.name)
+
+
+def _validated_seconds(value: float | None, what: str) -> float | None:
+    if value is None:
+        return None
+    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{what} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _same_bits(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    """Bit-for-bit equality of two owned dense outputs (NaN payloads and -0 included)."""
+    if a is None or b is None:
+        return a is b
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
-    if a.dtype.is_floating_point:
-        try:
-            view = format_of(a.dtype).int_dtype
-        except ValueError:  # a float dtype the harness does not grade: compare values
-            return torch.equal(a, b)
-        return torch.equal(a.contiguous().view(view), b.contiguous().view(view))
-    return torch.equal(a, b)
+    return bool(np.array_equal(storage_bytes(a.contiguous()), storage_bytes(b.contiguous())))
 
 
 class Caller:
-    """Calls implementations with a timeout, on a device, with output and input checks."""
+    """Calls implementations in sandbox processes with time, compile and memory limits, on a device.
 
-    def __init__(self, timeout: float | None = DEFAULT_TIMEOUT, device: str = "cpu", repeat: bool = True) -> None:
-        if timeout is not None and timeout <= 0:
-            raise ValueError(f"timeout must be positive, got {timeout}")
-        self.timeout = timeout
+    ``timeout``: seconds per call (None: none). ``compile_timeout``: seconds for the first
+    call per compile key and while dynamo compiles. ``memory_limit_mib``: the worker's
+    resident memory (0 or None: none). ``framework``: auto, torch, jax or numpy.
+    ``triton_interpret``: run Triton kernels under Triton's CPU interpreter. Raises
+    ValueError for a bad limit. Use it as a context manager, or call ``close()``: the
+    workers go back to a pool the next Caller reuses (all are killed at exit).
+    """
+
+    def __init__(
+        self,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        device: str = "cpu",
+        repeat: bool = True,
+        *,
+        compile_timeout: float | None = DEFAULT_COMPILE_TIMEOUT,
+        memory_limit_mib: float | None = DEFAULT_MEMORY_LIMIT_MIB,
+        framework: str = "auto",
+        triton_interpret: bool = False,
+    ) -> None:
+        from harness.calling.frameworks import FRAMEWORKS
+
+        self.timeout = _validated_seconds(timeout, "timeout")
+        compile_timeout = _validated_seconds(compile_timeout, "compile timeout")
+        if compile_timeout is not None and self.timeout is not None:
+            compile_timeout = max(compile_timeout, self.timeout)
+        self.compile_timeout = compile_timeout if self.timeout is not None else None
+        if memory_limit_mib is not None and not (math.isfinite(memory_limit_mib) and memory_limit_mib >= 0):
+            raise ValueError(f"memory limit must be a non-negative number of MiB, got {memory_limit_mib!r}")
+        self.memory_limit_mib = memory_limit_mib or None
+        if framework not in FRAMEWORKS:
+            raise ValueError(f"unknown framework {framework!r}; expected one of {', '.join(FRAMEWORKS)}")
         self.device = torch.device(device)
         self.repeat = repeat
-        self._hung: dict[str, threading.Thread] = {}
+        self.options = WorkerOptions(framework=framework, triton_interpret=bool(triton_interpret),
+                                     device=self.device.type)  # fmt: skip
+        self._sandboxes: dict[str, Sandbox] = {}
+        self._targets: dict[str, Target] = {}
+        self._trouble: dict[str, list] = {}  # name -> [deaths in a row, last Death, skipped, retry index]
+        self._granted: dict[str, set] = {}  # name -> compile keys that had their allowance
+        self._hung_compiling: set[str] = set()  # timed out under an allowance: none again
 
-    def _run(self, impl: Implementation, logits: torch.Tensor, targets: torch.Tensor):
-        """(returned value, exception, timed out?, seconds) of one call in a worker thread."""
-        box: dict = {}
+    # -- workers ------------------------------------------------------------------------
 
-        def work() -> None:
-            try:
-                box["value"] = impl.fn(logits, targets)
-            except BaseException as exc:
-                box["error"] = exc
+    def _target(self, impl: Implementation) -> Target:
+        if impl.name not in self._targets:
+            self._targets[impl.name] = target_of(impl)
+        return self._targets[impl.name]
 
-        worker = threading.Thread(target=work, name=f"impl-{impl.name}", daemon=True)
-        start = time.perf_counter()
-        worker.start()
-        worker.join(self.timeout)
-        seconds = time.perf_counter() - start
-        if worker.is_alive():
-            self._hung[impl.name] = worker
-            return None, None, True, seconds
-        return box.get("value"), box.get("error"), False, seconds
+    def start(self, implementations: Iterable[Implementation]) -> None:
+        """Start the workers of these implementations now, side by side (calls wait for them)."""
+        for impl in implementations:
+            if impl.name not in self._sandboxes:
+                with contextlib.suppress(ValueError):  # not picklable: its calls say so
+                    self._sandboxes[impl.name] = acquire(self._target(impl), self.options)
 
-    def _fail(self, failure: str, message: str, seconds: float) -> CallResult:
-        return CallResult(None, failure, message, seconds)
+    def _ready(self, impl: Implementation) -> Sandbox:
+        sandbox = self._sandboxes.get(impl.name)
+        if sandbox is None:
+            sandbox = self._sandboxes[impl.name] = acquire(self._target(impl), self.options)
+        sandbox.wait_loaded(max(LOAD_TIMEOUT, self.compile_timeout or 0))
+        return sandbox
 
-    def _validate(self, value, case: Case) -> str | None:
-        expected = tuple(case.targets.shape)
-        if not isinstance(value, torch.Tensor):
-            return f"returned {type(value).__name__}, not a tensor"
-        if tuple(value.shape) not in (expected, (), (1,)):  # () and (1,) count as a mean
-            return f"returned shape {tuple(value.shape)}, expected {expected} or ()"
-        if value.dtype != case.dtype:
-            return f"returned dtype {value.dtype} for {case.dtype} logits"
-        if value.device.type != self.device.type:
-            return f"returned a tensor on {value.device}, expected {self.device}"
+    def close(self) -> None:
+        """Hand the workers back to the pool (healthy ones are reused; the rest are killed)."""
+        for sandbox in self._sandboxes.values():
+            release(sandbox)
+        self._sandboxes.clear()
+
+    def __del__(self) -> None:
+        try:  # noqa: SIM105 - at interpreter exit even contextlib may be gone already
+            self.close()
+        except Exception:
+            pass
+
+    def __enter__(self) -> Caller:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- calls --------------------------------------------------------------------------
+
+    def _encode(self, request: Request, sandbox: Sandbox) -> dict:
+        packer = Packer(sandbox.arena)
+        args = [packer.pack(t) for t in request.args]
+        kwargs = {}
+        for name, value in request.kwargs.items():
+            if isinstance(value, torch.Tensor):
+                kwargs[name] = ("tensor", packer.pack(value))
+            elif value is None or isinstance(value, bool | int | float | str):
+                kwargs[name] = ("value", value)
+            else:
+                raise TypeError(f"keyword argument {name!r}: expected a tensor, number, string or None")
+        backward = None
+        if request.backward is not None:
+            grad = request.backward.grad_output
+            backward = {"wrt": request.backward.wrt, "grad_output": None if grad is None else packer.pack(grad)}
+        names = list(request.names) + [f"argument {i}" for i in range(len(request.names), len(request.args))]
+        return {
+            "op": "call", "args": args, "kwargs": kwargs, "names": names[: len(args)],
+            "repeat": max(1, int(request.repeat)), "backward": backward, "device": str(self.device),
+            "buffers": packer.buffers, "out_base": -(-packer.cursor // 64) * 64,
+        }  # fmt: skip
+
+    def _skip(self, impl: Implementation) -> CallResult | None:
+        trouble = self._trouble.get(impl.name)
+        if trouble is None or trouble[0] < MAX_DEATHS:
+            return None
+        deaths, last, skipped, step = trouble
+        if skipped < _BACKOFF[min(step, len(_BACKOFF) - 1)]:
+            trouble[2] += 1
+            message = f"skipped: the sandbox died on its last {deaths} calls (last: {last.message})"
+            return CallResult(None, last.outcome, message, 0.0)
+        trouble[2], trouble[3] = 0, step + 1  # retry this call
         return None
 
+    def _record_death(self, impl: Implementation, death: Death | None) -> None:
+        if death is None:
+            self._trouble.pop(impl.name, None)
+            return
+        trouble = self._trouble.setdefault(impl.name, [0, death, 0, 0])
+        trouble[0] += 1
+        trouble[1] = death
+
+    def invoke(self, impl: Implementation, request: Request) -> CallResult:
+        """Run ``request`` on ``impl`` in its sandbox: the first call's owned output, or the failure."""
+        skipped = self._skip(impl)
+        if skipped is not None:
+            return skipped
+        try:
+            sandbox = self._ready(impl)
+        except LoadFailed as exc:
+            death = Death("crashed", f"the sandbox could not load it: {exc}")
+            self._record_death(impl, death)
+            return CallResult(None, death.outcome, death.message, 0.0)
+        granted = self._granted.setdefault(impl.name, set())
+        allow = sandbox.jit and request.key not in granted and impl.name not in self._hung_compiling
+        if allow:
+            granted.add(request.key)
+        replies, death = sandbox.run(
+            self._encode(request, sandbox), timeout=self.timeout,
+            allowance=self.compile_timeout if allow else self.timeout,
+            compile_timeout=self.compile_timeout, memory_limit_mib=self.memory_limit_mib,
+        )  # fmt: skip
+        self._record_death(impl, death)
+        if allow and not replies and death is not None and death.outcome == "timeout":
+            self._hung_compiling.add(impl.name)  # it hangs rather than compiles: no more allowances
+        try:
+            return self._result(replies, death, request, sandbox)
+        except ProtocolError as exc:
+            sandbox.kill()
+            return CallResult(None, "crashed", f"the sandbox sent an unreadable answer ({exc}); it was killed", 0.0)
+
+    def _result(self, replies, death: Death | None, request: Request, sandbox: Sandbox) -> CallResult:
+        seconds = sum(float(h.get("seconds", 0.0)) for h, _ in replies)
+        compiled = sum(float(h.get("compile_seconds", 0.0)) for h, _ in replies)
+        if not replies:
+            return CallResult(None, death.outcome, death.message, seconds, compiled)
+        header, buffers = replies[0]
+        if not header.get("ok"):
+            return CallResult(None, header["failure"], str(header.get("message", "")), seconds, compiled,
+                              info=header.get("info") or {})  # fmt: skip
+        arena = sandbox.arena
+        output = unpack_tensor(header["output"], buffers, arena) if header.get("output") else None
+        grad = unpack_tensor(header["grad"], buffers, arena) if header.get("grad") else None
+        info = header.get("info") or {}
+        notes = "; ".join(info.get("notes") or [])
+        message = f"output: {notes}" if notes else ""
+        expected = max(1, int(request.repeat))
+        if expected > 1:
+            if death is not None:
+                return CallResult(None, death.outcome, f"second call: {death.message}", seconds, compiled)
+            if len(replies) < 2:
+                return CallResult(None, "crashed", "the sandbox ended the request before the second call", seconds,
+                                  compiled)  # fmt: skip
+            again, again_buffers = replies[1]
+            if not again.get("ok"):
+                if again["failure"] in ("mutated_input", "crashed"):
+                    return CallResult(None, again["failure"], f"second call: {again.get('message', '')}", seconds,
+                                      compiled)  # fmt: skip
+                return CallResult(None, "nondeterministic",
+                                  f"the second call on the same input failed: {again.get('message', '')}", seconds,
+                                  compiled)  # fmt: skip
+            other = unpack_tensor(again["output"], again_buffers, arena) if again.get("output") else None
+            other_grad = unpack_tensor(again["grad"], again_buffers, arena) if again.get("grad") else None
+            same_info = {k: v for k, v in (again.get("info") or {}).items() if k != "notes"} == {
+                k: v for k, v in info.items() if k != "notes"
+            }
+            if not (same_info and _same_bits(output, other) and _same_bits(grad, other_grad)):
+                return CallResult(None, "nondeterministic", "a second call on the same input answered differently",
+                                  seconds, compiled)  # fmt: skip
+        return CallResult(output, None, message, seconds, compiled, grad=grad, info=info)
+
     def call(self, impl: Implementation, case: Case) -> CallResult:
-        hung = self._hung.get(impl.name)
-        if hung is not None and hung.is_alive():
-            return self._fail("timeout", "skipped: a call that timed out earlier is still running", 0.0)
-        self._hung.pop(impl.name, None)
-        pristine = case.logits.clone()
-        logits, targets = case.logits.clone().to(self.device), case.targets.clone().to(self.device)
-        value, error, timed_out, seconds = self._run(impl, logits, targets)
-        if timed_out:
-            return self._fail("timeout", f"no answer within {self.timeout:g} s", seconds)
-        if error is not None:
-            return self._fail("raised", f"{type(error).__name__}: {error}".strip(), seconds)
-        problem = self._validate(value, case)
+        """``impl(case.logits, case.targets)``, checked: the owned output, or a failure outcome."""
+        request = Request((case.logits, case.targets), names=("logits", "targets"),
+                          repeat=2 if self.repeat else 1, key=compile_key(case))  # fmt: skip
+        result = self.invoke(impl, request)
+        if result.failure:
+            return result
+        problem = self._validate(result, case)
         if problem:
-            return self._fail("bad_output", problem, seconds)
-        if not _same_bits(logits.cpu(), pristine):
-            return self._fail("mutated_input", "modified its input logits in place", seconds)
-        output = value.detach().cpu()
-        if self.repeat:
-            again, error, timed_out, more = self._run(impl, pristine.clone().to(self.device), targets.clone())
-            seconds += more
-            if timed_out:
-                return self._fail("timeout", f"second call: no answer within {self.timeout:g} s", seconds)
-            if error is not None or not isinstance(again, torch.Tensor) or not _same_bits(again.detach().cpu(), output):
-                return self._fail("nondeterministic", "a second call on the same input answered differently", seconds)
-        return CallResult(output, None, "", seconds)
+            return CallResult(None, "bad_output", problem, result.seconds, result.compile_seconds, info=result.info)
+        return result
+
+    def _validate(self, result: CallResult, case: Case) -> str | None:
+        info = result.info
+        expected = tuple(case.targets.shape)
+        shape = tuple(info.get("shape", ()))
+        if shape not in (expected, (), (1,)):  # () and (1,) count as a mean
+            return f"returned shape {shape}, expected {expected} or ()"
+        dtype = f"torch.{info.get('dtype')}"
+        if dtype != str(case.dtype):
+            return f"returned dtype {dtype} for {case.dtype} logits"
+        if info.get("device") != self.device.type:
+            return f"returned a tensor on {info.get('device')}, expected {self.device}"
+        if result.output is None or result.output.dtype != case.dtype or tuple(result.output.shape) != shape:
+            return "returned a tensor whose values could not be read"
+        return None

@@ -4,10 +4,9 @@
 holds everything that affects its records; ``cells`` runs one cell anywhere;
 ``executors`` hands cells to this process, a process pool or a Dask cluster; ``state``
 assembles their results as a single run writes them; ``integrity`` hashes and checks
-folders; ``lock`` keeps one writer per folder; ``interrupts`` turns Ctrl-C and SIGTERM
-into a stop request checked between cases; ``report`` writes folders; ``merge``
-combines shards strictly; ``speed`` is ``bench --executors``.
+folders; ``lock`` keeps one writer per folder; ``report`` writes folders; ``merge``
+combines shards strictly; ``speed`` is ``bench --executors``. Ctrl-C and SIGTERM are stop
+requests checked between cases (``harness.interrupts``).
 
-This package's ``__init__`` imports nothing: ``interrupts`` is imported by the search and
-by worker processes before anything heavy.
+This package's ``__init__`` imports nothing: worker processes import it before anything heavy.
 """

@@ -16,13 +16,12 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from harness.calling.caller import Caller
+from harness import interrupts
 from harness.calling.registry import Implementation
-from harness.campaign import interrupts
 from harness.campaign.settings import AuditSettings
 from harness.formats import FORMATS
 from harness.runner import RECORD_COLUMNS
-from harness.search import SELF_CHECK_MAX_ELEMENTS, search
+from harness.search import SELF_CHECK_CASES, SELF_CHECK_MAX_ELEMENTS, SearchResult, search, self_check_choice
 from reports.stats import worst_cases
 from strategies import Case
 
@@ -69,7 +68,8 @@ def worker_versions() -> dict:
             "mpmath_backend": mpmath.libmp.BACKEND}  # fmt: skip
 
 
-def _kept_cases(records: list[dict], cases: dict[str, Case]) -> dict[str, Case]:
+def _kept_cases(found: SearchResult) -> dict[str, Case]:
+    records, cases = found.records, found.cases
     if not records:
         return {}
     frame = pd.DataFrame(records, columns=list(RECORD_COLUMNS))
@@ -81,6 +81,8 @@ def _kept_cases(records: list[dict], cases: dict[str, Case]) -> dict[str, Case]:
         if frame.empty:
             break
     keep |= {i for i, c in cases.items() if c.logits.numel() <= SELF_CHECK_MAX_ELEMENTS}
+    # and the cell's own self-check choice, from every class-count class (large rows too)
+    keep |= {r["case_id"] for r in self_check_choice(found, SELF_CHECK_CASES)}
     return {i: c for i, c in cases.items() if i in keep}
 
 
@@ -102,17 +104,18 @@ def run_cell(
     try:
         with _ONE_AT_A_TIME:
             impls = list(implementations) if implementations is not None else settings.load_implementations()
-            found = search(
-                [FORMATS[dtype]], [regime], impls, profile=settings.budget, seed=settings.seed,
-                examples=settings.examples, max_classes=settings.max_classes, policy=settings.policy,
-                caller=Caller(timeout=settings.timeout), self_check=0, progress=False, on_case=on_case,
-            )  # fmt: skip
+            with settings.sandbox.caller() as caller:  # implementations run in sandboxes on this worker
+                found = search(
+                    [FORMATS[dtype]], [regime], impls, profile=settings.budget, seed=settings.seed,
+                    examples=settings.examples, max_classes=settings.max_classes, policy=settings.policy,
+                    caller=caller, self_check=0, progress=False, on_case=on_case,
+                )  # fmt: skip
     except interrupts.Interrupted:
         return CellResult(cell, interrupted=True, worker=where, seconds=time.perf_counter() - start)
     except Exception as exc:  # e.g. an implementation that does not import on this worker
         message = f"{dtype}/{regime}: on {where}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         return CellResult(cell, failed=message.rstrip(": "), worker=where, seconds=time.perf_counter() - start)
     return CellResult(
-        cell, records=found.records, cases=_kept_cases(found.records, found.cases), errors=found.errors,
+        cell, records=found.records, cases=_kept_cases(found), errors=found.errors,
         seconds=found.seconds, interrupted=found.interrupted, worker=where, versions=worker_versions(),
     )  # fmt: skip

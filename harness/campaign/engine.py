@@ -12,7 +12,7 @@ result as it comes, and alone writes the folder:
   reruns only the cells not finished, from their start, and refuses a damaged folder;
 - records assembled in the single run's cell order, a case drawn in two cells kept in
   its first, so every executor and every resume writes the single run's records;
-- a stop request (``harness.campaign.interrupts``) ends the run within seconds with a
+- a stop request (``harness.interrupts``) ends the run within seconds with a
   partial report; a cell whose worker died twice is a tool error for that cell alone.
 """
 
@@ -23,12 +23,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import pandas as pd
 import torch
 from tqdm import tqdm
 
-from harness.calling.caller import DEFAULT_TIMEOUT, Caller
+from harness import interrupts
+from harness.calling.caller import DEFAULT_COMPILE_TIMEOUT, DEFAULT_MEMORY_LIMIT_MIB, DEFAULT_TIMEOUT
 from harness.calling.registry import Implementation
-from harness.campaign import interrupts
 from harness.campaign.executors import Executor, make_executor
 from harness.campaign.integrity import verify_folder
 from harness.campaign.lock import FolderLock
@@ -36,6 +37,7 @@ from harness.campaign.report import AuditReport, check_writable, write_folder
 from harness.campaign.settings import DEFAULT_SHRINK_SECONDS, AuditSettings, SettingsError, audit_settings
 from harness.campaign.state import Campaign, frame, load_finished
 from harness.formats import Format
+from harness.grading.verdicts import GRADED
 from harness.search import SELF_CHECK_CASES, oracle_self_check
 from harness.shrinking import shrink_failures
 from reports.precision import precision_markdown, precision_table
@@ -44,6 +46,10 @@ from reports.store import load_manifest
 __all__ = ["DEFAULT_OUT", "audit", "resume_audit", "run_audit"]
 
 DEFAULT_OUT = Path("harness-out") / "audit"
+
+
+def _graded_nothing(records: pd.DataFrame) -> bool:
+    return not records["verdict"].isin(GRADED).any() if len(records) else True
 
 
 def _remote_check(settings: AuditSettings, implementations: Sequence[Implementation], executor: Executor) -> None:
@@ -104,13 +110,16 @@ def _execute(
             campaign.self_checked = found.self_checked
         except interrupts.Interrupted:
             pass
+        if _graded_nothing(frame(campaign.assembled())):  # a run that graded nothing never passes
+            campaign.extra_errors.append("no case was graded: every record is ungraded, or there is none")
         if settings.shrink_seconds > 0 and not interrupts.requested():
             write_errors = write(checkpoint=True)  # nothing lost if shrinking is cut short
-            reproducers = shrink_failures(
-                frame(campaign.assembled()), campaign.implementations, profile=settings.budget, seed=settings.seed,
-                examples=settings.examples, max_classes=settings.max_classes, policy=settings.policy,
-                caller=Caller(timeout=settings.timeout), seconds=settings.shrink_seconds,
-            )  # fmt: skip
+            with settings.sandbox.caller() as caller:
+                reproducers = shrink_failures(
+                    frame(campaign.assembled()), campaign.implementations, profile=settings.budget,
+                    seed=settings.seed, examples=settings.examples, max_classes=settings.max_classes,
+                    policy=settings.policy, caller=caller, seconds=settings.shrink_seconds,
+                )  # fmt: skip
     extra = None
     records = frame(campaign.assembled())
     if settings.precision and len(records):
@@ -218,20 +227,31 @@ def audit(
     scheduler: str | None = None,
     force: bool = False,
     progress: bool | None = False,
+    compile_timeout: float = DEFAULT_COMPILE_TIMEOUT,
+    memory_limit_mib: float = DEFAULT_MEMORY_LIMIT_MIB,
+    framework: str = "auto",
+    triton_interpret: bool = False,
+    device: str = "cpu",
 ) -> AuditReport:
     """Audit implementations over the strategies and write a report folder; the Python form of ``audit``.
 
     ``implementations``: built-in names, ``module:function`` or ``file.py:function`` specs
-    (default: the built-ins, or the precision methods with ``precision=True``).
+    (default: the built-ins, or the precision methods with ``precision=True``). Each runs
+    in a sandbox process: ``timeout`` seconds per call, ``compile_timeout`` for the first
+    call per (dtype, shape class) and while torch.compile compiles, ``memory_limit_mib``
+    of resident memory (0: none); ``framework`` (auto, torch, jax, numpy) says what arrays
+    it takes, ``triton_interpret`` runs Triton kernels on Triton's CPU interpreter, and
+    ``device`` is where it runs. Raises SettingsError (a ValueError, one line) for
+    settings that cannot make an audit.
     ``executor``: 'inprocess' (default), 'pool' (``workers`` processes) or 'dask' (a
     LocalCluster of ``workers`` processes, or the cluster at ``scheduler``), or an
-    ``Executor``; every one writes the same records. Raises SettingsError (a ValueError,
-    one line) for settings that cannot make an audit, MissingExtra without Dask.
+    ``Executor``; every one writes the same records. MissingExtra without Dask.
     """
     settings, impls = audit_settings(
         implementations, dtypes=dtypes, regimes=regimes, profile=profile, examples=examples,
         max_classes=max_classes, seed=seed, max_ulps=max_ulps, strict=strict, precision=precision, shard=shard,
-        timeout=timeout, shrink_seconds=shrink_seconds,
+        timeout=timeout, shrink_seconds=shrink_seconds, compile_timeout=compile_timeout,
+        memory_limit_mib=memory_limit_mib, framework=framework, triton_interpret=triton_interpret, device=device,
     )  # fmt: skip
     command = "harness.audit(" + shlex.quote(", ".join(settings.implementations)) + ")"
     return run_audit(settings, Path(out), implementations=impls, command=command, executor=executor,

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from harness.campaign.settings import AuditSettings, SettingsError
+from harness.runner import TIMING_COLUMNS
 from reports.store import CASES, MANIFEST, RECORDS_CSV
 
 __all__ = ["TIMING_COLUMNS", "FolderError", "campaign_id", "cell_digests", "seal", "verify_folder"]
@@ -27,9 +28,9 @@ Cell = tuple[str, str]
 
 # Settings that change no record: how long shrinking may take, and which shard this is.
 _NOT_IN_CAMPAIGN = ("shard", "shrink_seconds")
-# Columns that differ between runs of the same cell: left out of a cell's hash, so the
-# same cell run anywhere (any executor, a resume, a shard) has the same hash.
-TIMING_COLUMNS = ("impl_seconds", "oracle_seconds")
+# Columns that differ between runs of the same cell (harness.runner.TIMING_COLUMNS) are
+# left out of a cell's hash, so the same cell run anywhere (any executor, a resume, a
+# shard) has the same hash.
 
 
 class FolderError(SettingsError):

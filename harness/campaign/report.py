@@ -13,6 +13,7 @@ import mpmath
 import pandas as pd
 import torch
 
+from harness.calling.sandbox import sandbox_threads
 from harness.campaign.integrity import seal
 from harness.campaign.settings import SettingsError
 from harness.search import SearchResult
@@ -34,6 +35,7 @@ def versions() -> dict:
         "mpmath": mpmath.__version__,
         "mpmath_backend": mpmath.libmp.BACKEND,
         "pandas": pd.__version__,
+        "sandbox_threads": sandbox_threads(),  # CPU threads of each implementation's process
     }
 
 

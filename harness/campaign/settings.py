@@ -7,21 +7,33 @@ grades exactly what an uninterrupted single run would.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from harness.calling.caller import DEFAULT_TIMEOUT
+from harness.calling.caller import DEFAULT_COMPILE_TIMEOUT, DEFAULT_MEMORY_LIMIT_MIB, DEFAULT_TIMEOUT, Caller
+from harness.calling.frameworks import FRAMEWORKS
 from harness.calling.implementations import PRECISION
 from harness.calling.loading import LoadError, load_implementation
-from harness.calling.registry import REGISTRY, Implementation
+from harness.calling.registry import REGISTRY, Implementation, check_name
+from harness.calling.sandbox import WorkerOptions
 from harness.formats import FORMATS, Format, parse_dtype
 from harness.grading.verdicts import Policy
 from harness.profiles import Profile, resolve_profile
 from strategies import REGIMES
+from strategies.cases import MID_VOCABULARIES
 
-__all__ = ["DEFAULT_SHRINK_SECONDS", "AuditSettings", "SettingsError", "audit_settings"]
+__all__ = [
+    "DEFAULT_SHRINK_SECONDS",
+    "AuditSettings",
+    "SandboxSettings",
+    "SettingsError",
+    "audit_settings",
+    "check_device",
+    "check_regimes",
+]
 
 DEFAULT_SHRINK_SECONDS = 30.0  # shrinking after an audit, over all its failures
 PRECISION_DTYPES = ("float16", "bfloat16")
@@ -29,6 +41,86 @@ PRECISION_DTYPES = ("float16", "bfloat16")
 
 class SettingsError(ValueError):
     """Settings that cannot make an audit; the message is one line (the CLI's exit 2)."""
+
+
+def check_device(device: str) -> str:
+    """The device's type if implementations can run there; SettingsError (one line) before any work."""
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError) as exc:
+        raise SettingsError(f"unknown device {device!r}: {exc}") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise SettingsError(f"device {device!r} is not available: this torch has no usable CUDA")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise SettingsError(f"device {device!r} is not available")
+    if kind not in ("cpu", "cuda", "mps", "xpu"):
+        raise SettingsError(f"device {device!r} cannot run implementations on values (use cpu, cuda, mps or xpu)")
+    if kind == "xpu" and not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+        raise SettingsError(f"device {device!r} is not available")
+    return kind
+
+
+def check_regimes(
+    regimes: Sequence[str], max_classes: int, takes_layout: bool, *, what: str = "an implementation"
+) -> None:
+    """SettingsError for a regime that is unknown or cannot be drawn under these limits."""
+    unknown = [r for r in regimes if r not in REGIMES]
+    if unknown:
+        raise SettingsError(f"unknown regime {unknown[0]!r}; expected one of {', '.join(REGIMES)}")
+    if "large_vocab" in regimes and max_classes < MID_VOCABULARIES[0]:
+        raise SettingsError(
+            f"regime 'large_vocab' needs a class limit of at least {MID_VOCABULARIES[0]}, got {max_classes} "
+            "(raise --max-classes or leave the regime out)"
+        )
+    if "layout" in regimes and not takes_layout:
+        raise SettingsError(
+            f"regime 'layout' needs {what} that takes (N, C, d1, ...) logits "
+            "(declare it with fn.k_dimensional = True, or check --k-dimensional)"
+        )
+
+
+@dataclass(frozen=True)
+class SandboxSettings:
+    """How implementations are called: limits and the sandbox's environment (they change records)."""
+
+    timeout: float = DEFAULT_TIMEOUT  # seconds per call
+    compile_timeout: float = DEFAULT_COMPILE_TIMEOUT  # the first call per compile key, and dynamo's compiles
+    memory_limit_mib: float = DEFAULT_MEMORY_LIMIT_MIB  # the worker's resident memory; 0: none
+    framework: str = "auto"  # auto, torch, jax or numpy
+    triton_interpret: bool = False  # Triton kernels under Triton's CPU interpreter
+    device: str = "cpu"
+
+    def validated(self) -> SandboxSettings:
+        for name in ("timeout", "compile_timeout"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise SettingsError(f"{name.replace('_', ' ')} must be a positive, finite number of seconds, "
+                                    f"got {value!r}")  # fmt: skip
+        limit = self.memory_limit_mib
+        if not (isinstance(limit, int | float) and math.isfinite(limit) and limit >= 0):
+            raise SettingsError(f"memory limit must be a non-negative number of MiB (0: none), got {limit!r}")
+        if self.framework not in FRAMEWORKS:
+            raise SettingsError(f"unknown framework {self.framework!r}; expected one of {', '.join(FRAMEWORKS)}")
+        check_device(self.device)
+        if self.framework == "jax":
+            from harness.extras import require
+
+            require("jax", "jax")
+        if self.triton_interpret:
+            from harness.extras import require
+
+            require("triton", "triton")
+        return self
+
+    @property
+    def worker_options(self) -> WorkerOptions:
+        return WorkerOptions(framework=self.framework, triton_interpret=self.triton_interpret,
+                             device=torch.device(self.device).type)  # fmt: skip
+
+    def caller(self) -> Caller:
+        return Caller(timeout=self.timeout, device=self.device, compile_timeout=self.compile_timeout,
+                      memory_limit_mib=self.memory_limit_mib, framework=self.framework,
+                      triton_interpret=self.triton_interpret)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -48,6 +140,11 @@ class AuditSettings:
     shard: tuple[int, int] = (1, 1)  # run the k-th of every n cells
     timeout: float = DEFAULT_TIMEOUT
     shrink_seconds: float = DEFAULT_SHRINK_SECONDS
+    compile_timeout: float = DEFAULT_COMPILE_TIMEOUT
+    memory_limit_mib: float = DEFAULT_MEMORY_LIMIT_MIB
+    framework: str = "auto"
+    triton_interpret: bool = False
+    device: str = "cpu"
 
     @property
     def formats(self) -> list[Format]:
@@ -61,6 +158,11 @@ class AuditSettings:
     def budget(self) -> Profile:
         return resolve_profile(self.profile)
 
+    @property
+    def sandbox(self) -> SandboxSettings:
+        return SandboxSettings(self.timeout, self.compile_timeout, self.memory_limit_mib, self.framework,
+                               self.triton_interpret, self.device)  # fmt: skip
+
     def cells(self) -> list[tuple[str, str]]:
         """Every (dtype, regime) cell of the campaign, in the order a single run takes them."""
         return [(d, r) for d in self.dtypes for r in self.regimes]
@@ -72,8 +174,9 @@ class AuditSettings:
 
     def load_implementations(self) -> list[Implementation]:
         registry = PRECISION if self.precision else REGISTRY
+        options = self.sandbox.validated().worker_options
         try:
-            return [_implementation(spec, registry) for spec in self.implementations]
+            return [_implementation(spec, registry, options) for spec in self.implementations]
         except LoadError as exc:
             raise SettingsError(str(exc)) from None
 
@@ -96,10 +199,10 @@ class AuditSettings:
         return dataclasses.replace(self, **changes)
 
 
-def _implementation(item: str | Implementation, registry) -> Implementation:
+def _implementation(item: str | Implementation, registry, options: WorkerOptions | None = None) -> Implementation:
     if isinstance(item, Implementation):
         return item
-    return registry.get(item) if item in registry else load_implementation(item)
+    return registry.get(item) if item in registry else load_implementation(item, options)
 
 
 def _spec(impl: Implementation) -> str:
@@ -121,11 +224,20 @@ def audit_settings(
     shard: tuple[int, int] = (1, 1),
     timeout: float = DEFAULT_TIMEOUT,
     shrink_seconds: float = DEFAULT_SHRINK_SECONDS,
+    compile_timeout: float = DEFAULT_COMPILE_TIMEOUT,
+    memory_limit_mib: float = DEFAULT_MEMORY_LIMIT_MIB,
+    framework: str = "auto",
+    triton_interpret: bool = False,
+    device: str = "cpu",
 ) -> tuple[AuditSettings, list[Implementation]]:
     """Validated settings, with defaults filled in, and the implementations they name.
 
-    Raises SettingsError (one line) for anything that cannot make an audit.
+    Raises SettingsError (one line) for anything that cannot make an audit: an unknown
+    name, a regime that cannot be drawn under the limits, an implementation named twice,
+    a non-finite timeout, a device that cannot run implementations.
     """
+    sandbox = SandboxSettings(timeout, compile_timeout, memory_limit_mib, framework, triton_interpret,
+                              device).validated()  # fmt: skip
     try:
         budget = resolve_profile(profile)
         formats = [d if isinstance(d, Format) else parse_dtype(str(d)) for d in dtypes] if dtypes else None
@@ -141,29 +253,32 @@ def audit_settings(
         raise SettingsError(f"shard must be K/N with 1 <= K <= N, got {shard[0]}/{shard[1]}")
     registry = PRECISION if precision else REGISTRY
     if implementations:
+        named = [i.name if isinstance(i, Implementation) else str(i) for i in implementations]
+        twice = sorted({n for n in named if named.count(n) > 1})
+        if twice:
+            raise SettingsError(f"implementation {twice[0]!r} is named twice; name each once")
         try:
-            impls = [_implementation(i, registry) for i in implementations]
-        except LoadError as exc:
+            for name in named:
+                check_name(name)
+            impls = [_implementation(i, registry, sandbox.worker_options) for i in implementations]
+        except (LoadError, ValueError) as exc:
             raise SettingsError(str(exc)) from None
     else:
         impls = list(registry)
+    if not any(impl.supports(f.dtype) for impl in impls for f in formats):
+        raise SettingsError(f"no implementation supports the dtypes asked for ({', '.join(f.name for f in formats)})")
     limit = max_classes or budget.max_classes
     takes_layout = any(impl.k_dimensional for impl in impls)
     if regimes:
-        unknown = [r for r in regimes if r not in REGIMES]
-        if unknown:
-            raise SettingsError(f"unknown regime {unknown[0]!r}; expected one of {', '.join(REGIMES)}")
-        if "layout" in regimes and not takes_layout:
-            raise SettingsError(
-                "regime 'layout' needs an implementation that takes (N, C, d1, ...) logits "
-                "(declare it with fn.k_dimensional = True, or check --k-dimensional)"
-            )
+        check_regimes(regimes, limit, takes_layout)
         chosen = list(regimes)
     else:
         chosen = [r for r in REGIMES if (r != "large_vocab" or limit >= 1024) and (r != "layout" or takes_layout)]
     settings = AuditSettings(
         implementations=tuple(_spec(i) for i in impls), dtypes=tuple(f.name for f in formats), regimes=tuple(chosen),
         profile=budget.name, examples=examples or budget.examples, max_classes=limit, seed=seed, max_ulps=max_ulps,
-        strict=strict, precision=precision, shard=tuple(shard), timeout=timeout, shrink_seconds=shrink_seconds,
+        strict=strict, precision=precision, shard=tuple(shard), timeout=float(timeout),
+        shrink_seconds=shrink_seconds, compile_timeout=float(compile_timeout), memory_limit_mib=float(memory_limit_mib),
+        framework=framework, triton_interpret=bool(triton_interpret), device=str(device),
     )  # fmt: skip
     return settings, impls

@@ -38,7 +38,7 @@ def die_with_parent(parent: int) -> None:
 
 def worker_main(conn, parent: int) -> None:
     die_with_parent(parent)
-    from harness.campaign import interrupts  # light: no torch yet
+    from harness import interrupts  # light: no torch yet
 
     interrupts.catch_early()  # a terminal's Ctrl-C reaches workers too: a stop request, not a traceback
     from harness.campaign.executors.pool import serve

@@ -28,9 +28,11 @@ OUTCOME_MEANINGS: dict[str, str] = {
     "spurious_inf": "the output is infinite where the oracle is not",
     "spurious_nan": "the output is NaN where the oracle is not",
     "nondeterministic": "a second call on the same input answered differently",
-    "mutated_input": "it wrote into its input logits",
+    "mutated_input": "it wrote into one of its inputs (the message names which)",
     "bad_output": "not a tensor, or the wrong shape, dtype or device",
-    "timeout": "no answer within the per-call timeout",
+    "timeout": "no answer within the per-call timeout (the sandbox was killed)",
+    "killed_memory": "the sandbox's resident memory passed the limit (it was killed)",
+    "crashed": "the sandbox died: a signal, a hard exit, sys.exit (the message says which)",
     "raised": "the implementation raised an exception (message kept)",
 }
 OUTCOMES: tuple[str, ...] = tuple(OUTCOME_MEANINGS)
@@ -71,7 +73,8 @@ def _oracle_arrays(oracle) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if hasattr(oracle, "certified") and isinstance(oracle.certified, np.ndarray):
         return (np.asarray(oracle.value, dtype=np.float64).reshape(-1),
                 np.asarray(oracle.exact, dtype=np.float64).reshape(-1), oracle.certified.reshape(-1))  # fmt: skip
-    return (np.array([v.value for v in oracle], dtype=np.float64), np.array([v.exact for v in oracle], dtype=np.float64),
+    return (np.array([v.value for v in oracle], dtype=np.float64),
+            np.array([v.exact for v in oracle], dtype=np.float64),
             np.array([v.certified for v in oracle], dtype=bool))  # fmt: skip
 
 

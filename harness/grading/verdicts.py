@@ -27,11 +27,14 @@ import numpy as np
 
 from harness.formats import Format
 
-__all__ = ["SAFETY", "VERDICTS", "Policy", "allowance", "judge"]
+__all__ = ["FAILED_CALLS", "GRADED", "SAFETY", "VERDICTS", "Policy", "allowance", "judge"]
 
 SAFETY = 2.0  # libm's exp/log are within 1 ulp (not 0.5), plus second-order terms
 ACCUMULATOR_ROUNDOFF = 2.0**-24  # float32: the coarsest accumulator a sound kernel uses
 VERDICTS = ("ok", "ungraded", "inaccurate", "unstable")
+GRADED = ("ok", "inaccurate", "unstable")  # a run with no record among these graded nothing
+# Outcomes where the implementation gave no value to grade: each is a failure (unstable).
+FAILED_CALLS = ("raised", "bad_output", "timeout", "crashed", "killed_memory", "mutated_input", "nondeterministic")
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ def judge(
     nonfinite_out = ~np.isfinite(outputs)
     verdict = np.select(
         [
-            np.isin(outcomes, ["raised", "bad_output", "timeout", "mutated_input", "nondeterministic"]),
+            np.isin(outcomes, FAILED_CALLS),
             outcomes == "uncertified",
             accept_nonfinite & nonfinite_out,
             special_input,

@@ -1,5 +1,8 @@
 """The oracle's entry points: per-sample and mean cross entropy, correctly rounded, certified.
 
+Each entry point runs under ``harness.numerics.harness_numerics``: IEEE subnormals and
+torch's own functions, whatever the calling script has set.
+
 Each value is decided by the cheapest tier that can prove it: the vectorized float64
 tier (harness.oracle.fast_tier) for float16/bfloat16/float32 outputs, then the
 double-double tier (harness.oracle.dd_tier) for any output, else the MPFR tier
@@ -17,6 +20,7 @@ import numpy as np
 import torch
 
 from harness.formats import format_of
+from harness.numerics import guarded
 from harness.oracle import dd_tier
 from harness.oracle.fast_tier import certify_mean, certify_rows
 from harness.oracle.mpfr_tier import _enclose, _round_mpf, _special, _start_precision, row_loss
@@ -42,6 +46,7 @@ def _validated(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tenso
     return logits.detach().cpu(), target_list
 
 
+@guarded
 def evaluate(
     logits: torch.Tensor,
     targets: torch.Tensor,
@@ -73,6 +78,7 @@ def evaluate(
     ]
 
 
+@guarded
 def cross_entropy(
     logits: torch.Tensor,
     targets: torch.Tensor,
@@ -102,6 +108,7 @@ def cross_entropy(
     raise ValueError(f"reduction must be 'none' or 'mean', got {reduction!r}")
 
 
+@guarded
 def mean_loss(
     logits: torch.Tensor,
     targets: torch.Tensor,

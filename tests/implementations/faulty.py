@@ -1,6 +1,5 @@
 """Deliberately misbehaving implementations for fault-injection tests."""
 
-import multiprocessing
 import os
 import signal
 import time
@@ -58,13 +57,16 @@ def slow(logits, targets):
 
 
 def dies_in_worker(logits, targets):
-    """Kills its own process on float64 cases (SIGKILL, as the out-of-memory killer), in a worker process only.
+    """Kills the worker process that runs its cell (SIGKILL, as the out-of-memory killer) on float64 cases.
 
-    In the main process (``multiprocessing.parent_process()`` is None) it is correct. With
+    It runs in a sandbox process; its parent is the process that runs the cell. That is a
+    pool or Dask worker unless it is the process named by $HARNESS_TEST_MAIN_PID (the test's
+    own, in-process run), where it is correct; without that variable it never kills. With
     $HARNESS_TEST_DIE_ONCE naming a file, only the first call to find that file missing
-    dies (it creates the file), so a retried cell succeeds.
+    kills (it creates the file), so a retried cell succeeds.
     """
-    if logits.dtype == torch.float64 and multiprocessing.parent_process() is not None:
+    main = os.environ.get("HARNESS_TEST_MAIN_PID")
+    if logits.dtype == torch.float64 and main and os.getppid() != int(main):
         marker = os.environ.get("HARNESS_TEST_DIE_ONCE")
         first = True
         if marker:
@@ -73,5 +75,6 @@ def dies_in_worker(logits, targets):
             except FileExistsError:
                 first = False
         if first:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getppid(), signal.SIGKILL)
+            time.sleep(5)  # the parent-death signal ends this sandbox too
     return _good(logits, targets)

@@ -7,8 +7,8 @@ import signal
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 
+from harness import interrupts
 from harness.calling.registry import Implementation
-from harness.campaign import interrupts
 from harness.campaign.cells import Cell, CellResult, run_cell
 from harness.campaign.settings import AuditSettings, SettingsError
 

@@ -24,8 +24,8 @@ import uuid
 import warnings
 from collections.abc import Callable, Sequence
 
+from harness import interrupts
 from harness.calling.registry import Implementation
-from harness.campaign import interrupts
 from harness.campaign.cells import Cell, CellResult, run_cell
 from harness.campaign.executors.base import MAX_ATTEMPTS, STOP_GRACE, Executor
 from harness.campaign.executors.pool import cell_cost

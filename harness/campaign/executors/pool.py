@@ -27,8 +27,8 @@ from multiprocessing.connection import wait
 
 from tqdm import tqdm
 
+from harness import interrupts
 from harness.calling.registry import Implementation
-from harness.campaign import interrupts
 from harness.campaign.cells import Cell, CellResult, run_cell
 from harness.campaign.executors.base import MAX_ATTEMPTS, STOP_GRACE, Executor, died, exit_cause
 from harness.campaign.settings import AuditSettings

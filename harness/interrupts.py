@@ -29,8 +29,8 @@ import threading
 import time
 from collections.abc import Iterator
 
-__all__ = ["EXIT_INTERRUPTED", "Interrupted", "catch_early", "check", "clear", "handling", "reason", "request",
-           "requested", "wait", "watching"]  # fmt: skip
+__all__ = ["EXIT_INTERRUPTED", "Interrupted", "catch_early", "caught_early", "check", "clear", "handling", "reason",
+           "request", "requested", "wait", "watching"]  # fmt: skip
 
 EXIT_INTERRUPTED = 130
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -112,6 +112,11 @@ def catch_early() -> None:
     for signum in SIGNALS:
         signal.signal(signum, lambda signum, frame: request(signal.Signals(signum).name))
     _installed["early"] = True
+
+
+def caught_early() -> bool:
+    """Whether ``catch_early`` installed its handlers in this process."""
+    return _installed["early"]
 
 
 def _say(text: str) -> None:
