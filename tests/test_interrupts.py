@@ -21,14 +21,18 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from harness import interrupts
+from harness.calling.caller import Caller
+from harness.calling.loading import load_implementation
 from harness.calling.registry import REGISTRY
 from harness.cli import main
 from harness.formats import FORMATS
 from harness.profiles import resolve_profile
 from harness.runner import TIMING_COLUMNS
 from harness.search import search
+from strategies import Case
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = list(TIMING_COLUMNS)
@@ -58,6 +62,20 @@ def test_a_signal_sets_the_flag_and_raises_nothing():
             assert interrupts.requested()
     with interrupts.handling():
         assert not interrupts.requested()  # a new run starts clean
+
+
+def test_a_stop_request_abandons_a_call_in_its_sandbox():
+    """A hung implementation with a long timeout: the stop request ends the wait at once (the
+    sandbox is killed) instead of the call running to its timeout and coming back as 'timeout'."""
+    hang = load_implementation("tests.implementations.faulty:hangs")
+    case = Case(torch.tensor([[1.0, 2.0, 3.0], [0.5, 0.0, -1.0]]), torch.tensor([0, 2]), "moderate")
+    with interrupts.handling(), Caller(timeout=300, compile_timeout=300) as caller:
+        caller.start([hang])
+        threading.Timer(1.0, interrupts.request, args=("test",)).start()
+        with pytest.raises(interrupts.Interrupted, match="test"):
+            caller.call(hang, case)
+        sandbox = caller._sandboxes[hang.name]
+        assert not sandbox.alive  # killed with the call it was running
 
 
 def test_a_context_token_stops_only_its_own_context():
