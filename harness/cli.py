@@ -31,6 +31,7 @@ from harness.calling.frameworks import FRAMEWORKS
 from harness.calling.loading import LoadError, load_implementation
 from harness.calling.signature import OPS
 from harness.campaign.engine import resume_audit, run_audit
+from harness.campaign.executors import EXECUTORS
 from harness.campaign.merge import merge_reports
 from harness.campaign.report import AuditReport, check_writable, write_check_folder
 from harness.campaign.settings import (
@@ -55,6 +56,7 @@ __all__ = ["main"]
 
 EXIT_OK, EXIT_FLAGGED, EXIT_USAGE, EXIT_TOOL_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 OUT_ROOT = Path("harness-out")
+STOP_GRACE_CLI = 30.0  # seconds a run may take to stop after Ctrl-C/SIGTERM before it is ended at once
 
 
 class UsageError(Exception):
@@ -187,17 +189,23 @@ def _parser() -> argparse.ArgumentParser:
         metavar="K/N",
         help="run only the K-th of every N (dtype, regime) cells; combine shards with merge",
     )
-    audit.add_argument(
-        "--workers",
-        type=_positive,
-        default=1,
-        help="spread the (dtype, regime) cells over a pool of this many processes, then merge (default 1)",
-    )
+    audit.add_argument("--strict", action="store_true",
+                       help="'inaccurate' results count as failures too (shrunk like 'unstable' ones)")  # fmt: skip
+    audit.add_argument("--executor", choices=EXECUTORS,
+                       help="where the cells run: inprocess (default), pool (--workers processes), dask (a local "
+                            "cluster of --workers processes, or the one at --scheduler); every one writes the same "
+                            "records")  # fmt: skip
+    audit.add_argument("--workers", type=_positive,
+                       help="processes of the pool or of the local Dask cluster; alone: --executor pool")  # fmt: skip
+    audit.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run the cells on the Dask cluster at ADDRESS (tcp://host:8786); implies dask")  # fmt: skip
+    audit.add_argument("--force", action="store_true",
+                       help="write to --out (or the --resume folder) even if another run holds its lock")  # fmt: skip
     audit.add_argument("--shrink-seconds", type=_non_negative_float, default=DEFAULT_SHRINK_SECONDS,
                        metavar="SECONDS", help="time for shrinking minimal reproducers of the failures "
                        f"after the run (default {DEFAULT_SHRINK_SECONDS:g}; 0: none)")  # fmt: skip
     audit.add_argument("--resume", type=Path, metavar="DIR",
-                       help="continue the partial audit in DIR with its own settings")  # fmt: skip
+                       help="continue the partial audit in DIR with its own settings (any executor)")  # fmt: skip
     audit.add_argument("--export-tests", type=Path, metavar="DIR",
                        help="write each minimal reproducer as a self-contained pytest file in DIR")  # fmt: skip
 
@@ -231,6 +239,7 @@ def _parser() -> argparse.ArgumentParser:
     merge.add_argument("--out", type=Path, default=OUT_ROOT / "merged", help="folder (default harness-out/merged)")
     merge.add_argument("--quiet", action="store_true", help="do not print the summary")
     merge.add_argument("--verbose", action="store_true", help="print summary.md in full")
+    merge.add_argument("--force", action="store_true", help="write to --out even if another run holds its lock")
 
     demo = sub.add_parser("demo", help="overflow/underflow demonstration: thresholds by search, a plot, a page")
     demo.add_argument("--out", type=Path, default=OUT_ROOT / "demo", help="folder (default harness-out/demo)")
@@ -239,6 +248,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--rows", type=_positive, default=8, help="rows of the batch (default 8)")
     bench.add_argument("--classes", type=_positive, default=131_072, help="classes of the batch (default 131072)")
     bench.add_argument("--repeats", type=_positive, default=3, help="timings per measurement, best kept (default 3)")
+    bench.add_argument("--executors", action="store_true",
+                       help="instead: one audit campaign in-process, on a pool, on local Dask")  # fmt: skip
 
     replay = sub.add_parser("replay", help="re-run one stored case of a report, bit for bit")
     replay.add_argument("report", type=Path, help="report folder written by audit or check")
@@ -294,33 +305,44 @@ def _export_reproducers(report: AuditReport, implementations, folder: Path) -> N
     report.write_errors.extend(problems)
 
 
+# audit options that set what the campaign computes: --resume takes them from the folder
+_SETTING_OPTIONS = ("impl", "dtype", "regime", "profile", "examples", "max_classes", "seed", "max_ulps", "timeout",
+                    "precision", "shard", "shrink_seconds", "strict", "out", "compile_timeout", "memory_limit",
+                    "framework", "triton_interpret", "device")  # fmt: skip
+
+
 def _audit(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    where = {"executor": args.executor, "workers": args.workers, "scheduler": args.scheduler, "force": args.force}
     if args.export_tests:
         check_writable(args.export_tests)
     if args.resume:
-        if args.workers > 1:
-            raise UsageError("--workers cannot resume a run; resume it without --workers")
-        report = resume_audit(args.resume, command=_command(argv), progress=_progress(args))
+        defaults = _parser().parse_args(["audit"])
+        given = [f"--{name.replace('_', '-')}" for name in _SETTING_OPTIONS
+                 if getattr(args, name) != getattr(defaults, name)]  # fmt: skip
+        if given:
+            raise UsageError(f"--resume takes its settings from {args.resume}/manifest.json; drop {', '.join(given)}")
+        report = resume_audit(args.resume, command=_command(argv), progress=_progress(args), **where)
         if args.export_tests:
             implementations = AuditSettings.from_json(report.manifest["settings"]).load_implementations()
             _export_reproducers(report, implementations, args.export_tests)
         return _report_end(report, args)
     settings, implementations = audit_settings(
         args.impl, dtypes=args.dtype, regimes=args.regime, profile=args.profile, examples=args.examples,
-        max_classes=args.max_classes, seed=args.seed, max_ulps=args.max_ulps, precision=args.precision,
-        shard=args.shard, timeout=args.timeout, shrink_seconds=args.shrink_seconds,
+        max_classes=args.max_classes, seed=args.seed, max_ulps=args.max_ulps, strict=args.strict,
+        precision=args.precision, shard=args.shard, timeout=args.timeout, shrink_seconds=args.shrink_seconds,
         compile_timeout=args.compile_timeout, memory_limit_mib=args.memory_limit, framework=args.framework,
         triton_interpret=args.triton_interpret, device=args.device,
     )  # fmt: skip
     report = run_audit(settings, args.out, implementations=implementations, command=_command(argv),
-                       workers=args.workers, progress=_progress(args))  # fmt: skip
+                       progress=_progress(args), **where)  # fmt: skip
     if args.export_tests:
         _export_reproducers(report, implementations, args.export_tests)
     return _report_end(report, args)
 
 
-def _merge(args: argparse.Namespace) -> int:
-    return _report_end(merge_reports(args.shards, args.out), args, what="merged report")
+def _merge(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    report = merge_reports(args.shards, args.out, command=_command(argv), force=args.force)
+    return _report_end(report, args, what="merged report")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -471,44 +493,36 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _sigterm_as_interrupt() -> None:
-    """SIGTERM stops a run the way Ctrl-C does: finished work is written, marked partial.
-
-    Both also set harness.interrupts' flag, so an interrupt swallowed where Python ignores
-    exceptions (a garbage-collector callback) is raised again before the next case.
-    """
+    """For commands that write no partial report (demo, bench, replay): SIGTERM and Ctrl-C raise
+    KeyboardInterrupt (exit 130), and also set harness.interrupts' flag, so one swallowed where
+    Python ignores exceptions (a garbage-collector callback) stops the next search case."""
 
     def handler(signum, frame):
-        interrupts.request()
+        interrupts.request(signal.Signals(signum).name)
         raise KeyboardInterrupt
 
     with contextlib.suppress(ValueError):  # not the main thread (main() called from a worker): leave it
         signal.signal(signal.SIGTERM, handler)
-        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler or interrupts.caught_early():
             signal.signal(signal.SIGINT, handler)
+    if interrupts.requested():  # a signal before the handlers (python -m harness caught it early)
+        raise KeyboardInterrupt(interrupts.reason())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    interrupts.clear()
-    _sigterm_as_interrupt()
     try:
-        args = _parser().parse_args(argv)
-        if args.command == "audit":
-            return _audit(args, argv)
-        if args.command == "check":
-            return _check(args, argv)
-        if args.command == "demo":
-            return _demo(args)
-        if args.command == "merge":
-            return _merge(args)
-        if args.command == "bench":
-            print(run_bench(args.rows, args.classes, args.repeats))
-            return EXIT_OK
-        return _replay(args)
+        if argv[:1] in (["audit"], ["check"], ["merge"]):
+            # Ctrl-C and SIGTERM request a stop that the run sees between cases, and it
+            # writes its partial report; a second signal, or 30 s more, exits at once
+            with interrupts.handling(grace=STOP_GRACE_CLI, announce=True, repeat="exit"):
+                return _run(argv)
+        _sigterm_as_interrupt()
+        return _run(argv)
     except (UsageError, SettingsError) as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt as exc:
+    except (KeyboardInterrupt, interrupts.Interrupted) as exc:
         print(f"harness: interrupted{': ' + str(exc) if str(exc) else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # the tool's own bug: one line (exit 3), the traceback on request
@@ -520,3 +534,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_TOOL_ERROR
     finally:
         interrupts.clear()
+
+
+def _run(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "audit":
+        return _audit(args, argv)
+    if args.command == "check":
+        return _check(args, argv)
+    if args.command == "demo":
+        return _demo(args)
+    if args.command == "merge":
+        return _merge(args, argv)
+    if args.command == "bench":
+        if args.executors:
+            from harness.campaign.speed import executor_speedups
+
+            print(executor_speedups(repeats=args.repeats))
+        else:
+            print(run_bench(args.rows, args.classes, args.repeats))
+        return EXIT_OK
+    return _replay(args)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from harness import interrupts
 from strategies import Case
 
 __all__ = ["Minimized", "minimize"]
@@ -64,6 +65,8 @@ class _Search:
         The case's drawn options (strategies.contract) go with candidates of the same shape;
         a candidate of another shape, or ``keep_options=False``, is called without them.
         """
+        if interrupts.requested():  # a stop request (harness.interrupts): shrink_failures reports it
+            raise KeyboardInterrupt
         if time.perf_counter() > self.deadline:
             raise _Deadline
         contract = self.case.contract

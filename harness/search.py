@@ -34,7 +34,7 @@ from harness.profiles import Profile
 from harness.runner import run_case
 from strategies import Case, anchor_cases, cases, with_contract
 
-__all__ = ["Counterexample", "SearchResult", "cell_seed", "search"]
+__all__ = ["Counterexample", "SearchResult", "cell_seed", "search", "self_check_choice"]
 
 SHRINK_SECONDS = 30.0  # shrinking time for a whole run
 SELF_CHECK_CASES = 12  # oracle values re-derived at higher precision after every run
@@ -123,6 +123,7 @@ def search(
     shard: tuple[int, int] = (1, 1),
     progress: bool | None = None,
     targeted: bool = True,
+    on_case: Callable[[], None] | None = None,
 ) -> SearchResult:
     """Every implementation on ``examples`` cases per (dtype, regime) cell.
 
@@ -131,8 +132,10 @@ def search(
     shares ``shrink_seconds`` across the run; past it, failures are reported unshrunk.
     Without ``fails``, every case is kept. ``finished`` maps (dtype name, regime) cells
     of a resumed run to their records: those cells are not run again (and
-    ``finished_cases`` supplies their stored cases). Ctrl-C stops the run and
-    returns what was computed, with ``interrupted`` set. Finally ``self_check`` cases are
+    ``finished_cases`` supplies their stored cases). A stop request
+    (``harness.interrupts``: Ctrl-C, SIGTERM), checked before every case, stops
+    the run and returns what was computed, with ``interrupted`` set. ``on_case()`` is
+    called after each new case (a progress display). Finally ``self_check`` cases are
     re-evaluated by the oracle at higher precision, mpmath only; a disagreement is a tool
     error. ``shard=(k, n)`` runs only the k-th of every n cells (see ``harness merge``).
     ``targeted=False`` turns off Hypothesis's target phase (plain generation, for comparison).
@@ -145,18 +148,18 @@ def search(
                 formats, regimes, implementations, profile=profile, seed=seed, examples=examples,
                 max_classes=max_classes, policy=policy, fails=fails, subject=subject, shrink_seconds=shrink_seconds,
                 caller=own, finished=finished, finished_cases=finished_cases, self_check=self_check, on_cell=on_cell,
-                shard=shard, progress=progress, targeted=targeted,
+                shard=shard, progress=progress, targeted=targeted, on_case=on_case,
             )  # fmt: skip
     caller.start(implementations)  # the workers start side by side while the first case is drawn
     with harness_numerics():
         return _search(formats, regimes, implementations, profile, seed, examples, max_classes, policy, fails,
                        subject, shrink_seconds, caller, finished, finished_cases, self_check, on_cell, shard, progress,
-                       targeted)  # fmt: skip
+                       targeted, on_case)  # fmt: skip
 
 
 def _search(formats, regimes, implementations, profile, seed, examples, max_classes, policy, fails, subject,
             shrink_seconds, caller, finished, finished_cases, self_check, on_cell, shard, progress,
-            targeted) -> SearchResult:  # fmt: skip
+            targeted, on_case) -> SearchResult:  # fmt: skip
     finished = finished or {}
     finished_cases = finished_cases or {}
     result = SearchResult()
@@ -170,6 +173,9 @@ def _search(formats, regimes, implementations, profile, seed, examples, max_clas
     show = sys.stderr.isatty() if progress is None else progress
     with tqdm(total=len(cells) * examples, disable=not show, unit="case", desc="cases") as bar:
         for fmt, regime in cells:
+            if interrupts.requested():
+                result.interrupted = True
+                break
             if (fmt.name, regime) in finished:
                 records = finished[(fmt.name, regime)]
                 result.records.extend(records)
@@ -185,8 +191,7 @@ def _search(formats, regimes, implementations, profile, seed, examples, max_clas
 
             def visit(case: Case) -> None:
                 nonlocal shrinking
-                if interrupts.pending():  # an interrupt that was swallowed on its way (see harness.interrupts)
-                    raise KeyboardInterrupt
+                interrupts.check()  # a stop request ends the cell here, never inside foreign code
                 running = [subject] if shrinking and subject else implementations
                 records = run_case(case, running, policy, caller)
                 failing = [r for r in records if fails and fails(r)]
@@ -195,6 +200,8 @@ def _search(formats, regimes, implementations, profile, seed, examples, max_clas
                     result.seen.add(case.case_id)
                     result.cases[case.case_id] = case
                     result.records.extend(records)
+                    if on_case:
+                        on_case()
                 if failing:
                     shrinking = True
                     raise _Flagged(case, failing[0])
@@ -227,7 +234,7 @@ def _search(formats, regimes, implementations, profile, seed, examples, max_clas
                 if subject is not None and fails is not None and left > 0:
                     try:
                         case, record = _minimized(flagged, subject, fails, policy, caller, left)
-                    except KeyboardInterrupt:
+                    except (interrupts.Interrupted, KeyboardInterrupt):
                         result.interrupted = True
                 result.counterexamples.append(Counterexample(case, record))
                 if result.interrupted:
@@ -237,7 +244,7 @@ def _search(formats, regimes, implementations, profile, seed, examples, max_clas
                     result.seen.add(case.case_id)
                     result.cases[case.case_id] = case
                     result.records.extend(run_case(case, implementations, policy, caller))
-            except KeyboardInterrupt:
+            except (interrupts.Interrupted, KeyboardInterrupt):
                 result.interrupted = True
                 break
             except Exception as exc:  # e.g. Hypothesis's Flaky: recorded, and the run goes on
@@ -248,13 +255,13 @@ def _search(formats, regimes, implementations, profile, seed, examples, max_clas
             if on_cell:
                 try:
                     on_cell(result)  # e.g. a checkpoint of the partial report
-                except KeyboardInterrupt:
+                except (interrupts.Interrupted, KeyboardInterrupt):
                     result.interrupted = True
                     break
     if not result.interrupted:
         try:
             result.errors.extend(oracle_self_check(result, self_check))
-        except KeyboardInterrupt:
+        except (interrupts.Interrupted, KeyboardInterrupt):
             result.interrupted = True
     result.seconds = time.perf_counter() - start
     return result
@@ -275,7 +282,7 @@ def _minimized(flagged: _Flagged, subject: Implementation, fails: Callable[[dict
     return found.case, found.record
 
 
-def _self_check_choice(result: SearchResult, count: int) -> list[dict]:
+def self_check_choice(result: SearchResult, count: int) -> list[dict]:
     """``count`` graded per-sample records, one case each, spread evenly within each class-count
     class and taken from the classes in turn (small rows to vocabulary-size rows)."""
     by_case: dict[str, dict] = {}
@@ -312,9 +319,10 @@ def oracle_self_check(result: SearchResult, count: int) -> list[str]:
     vocabulary-size row costs one row's evaluation.
     """
     errors = []
-    chosen = _self_check_choice(result, count)
+    chosen = self_check_choice(result, count)
     with harness_numerics():
         for record in chosen:
+            interrupts.check()
             case = result.cases[record["case_id"]]
             rows, targets = case.row_logits, case.row_targets
             samples = list(range(len(targets)))

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from harness import interrupts
 from harness.calling.caller import Caller
 from harness.calling.registry import Implementation
 from harness.grading.verdicts import Policy
@@ -107,6 +108,7 @@ def shrink_failures(
         rows.append(row)
         left = seconds - (time.perf_counter() - start)
         subject, case = by_name.get(cell["impl"]), cases.get(cell["_start"])
+        interrupted = interrupted or interrupts.requested()  # checked between cells; minimize checks per try
         if left <= 0 or interrupted:
             continue
         if subject is None or case is None:

@@ -62,16 +62,22 @@ def _parquet_bytes(frame: pd.DataFrame) -> bytes:
     return buffer.getvalue()
 
 
-def write_files(out: Path, producers: dict[str, Callable[[], str | bytes]]) -> list[str]:
+def write_files(
+    out: Path, producers: dict[str, Callable[[], str | bytes]], written: dict[str, str | bytes] | None = None
+) -> list[str]:
     """Write each file that its producer renders; one line per file that could not be written.
 
     A failure (a missing optional dependency, a full disk, a permission error) costs only
     that file: every other file is still written, and the caller decides what it means.
+    ``written`` collects what each written file holds, by name.
     """
     errors = []
     for name, produce in producers.items():
         try:
-            atomic_write(out / name, produce())
+            data = produce()
+            atomic_write(out / name, data)
+            if written is not None:
+                written[name] = data
         except Exception as exc:  # any failure of one file is reported, never fatal
             reason = str(exc).splitlines()[0] if str(exc) else ""
             errors.append(f"could not write {out / name}: {type(exc).__name__}: {reason}".rstrip(": "))
@@ -88,12 +94,14 @@ def write_report(
     with_html: bool = True,
     reproducers: pd.DataFrame | None = None,
     extra: dict[str, Callable[[], str | bytes]] | None = None,
+    seal: Callable[[dict[str, str | bytes]], dict] | None = None,
 ) -> list[str]:
     """Write every file of a report folder; the manifest goes last, so its presence means done.
 
-    ``extra`` adds files by name (e.g. the precision audit's). Returns one line per file
-    that could not be written; then the manifest is written with ``"status": "partial"``
-    and those lines under ``tool_errors``, never ``"complete"``.
+    ``extra`` adds files by name (e.g. the precision audit's). ``seal(written)`` gets what
+    each written file holds and returns fields added to the manifest (content hashes).
+    Returns one line per file that could not be written; then the manifest is written
+    with ``"status": "partial"`` and those lines under ``tool_errors``, never ``"complete"``.
     """
     out.mkdir(parents=True, exist_ok=True)
     cases = list(cases)
@@ -112,14 +120,23 @@ def write_report(
         producers[REPORT_HTML] = lambda: render_html(records, summary, manifest, str(out), reproducers)
     producers[CASES] = lambda: "".join(json.dumps(c.to_json()) + "\n" for c in cases)
     producers.update(extra or {})
-    errors = write_files(out, producers)
+    written: dict[str, str | bytes] = {}
+    errors = write_files(out, producers, written)
     if errors:
         manifest = {**manifest, "status": "partial", "tool_errors": [*manifest.get("tool_errors", []), *errors]}
+    if seal is not None:
+        manifest = {**manifest, **seal(written)}
     errors += write_files(out, {MANIFEST: lambda: json.dumps(manifest, indent=2, sort_keys=True) + "\n"})
     return errors
 
 
-def write_checkpoint(out: Path, records: pd.DataFrame, cases: Iterable[Case], manifest: dict) -> list[str]:
+def write_checkpoint(
+    out: Path,
+    records: pd.DataFrame,
+    cases: Iterable[Case],
+    manifest: dict,
+    seal: Callable[[dict[str, str | bytes]], dict] | None = None,
+) -> list[str]:
     """What --resume needs after every cell: records, stored cases, the (partial) manifest.
 
     Summaries are left to the end of the run (they cost more than the checkpoint); files
@@ -134,12 +151,15 @@ def write_checkpoint(out: Path, records: pd.DataFrame, cases: Iterable[Case], ma
         except OSError as exc:
             errors.append(f"could not remove the stale {out / stale}: {type(exc).__name__}: {exc.strerror or exc}")
     cases = list(cases)
+    written: dict[str, str | bytes] = {}
     errors += write_files(out, {
         RECORDS_CSV: lambda: records.to_csv(index=False),
         CASES: lambda: "".join(json.dumps(c.to_json()) + "\n" for c in cases),
-    })  # fmt: skip
+    }, written)  # fmt: skip
     if errors:
         manifest = {**manifest, "tool_errors": [*manifest.get("tool_errors", []), *errors]}
+    if seal is not None:
+        manifest = {**manifest, **seal(written)}
     return errors + write_files(out, {MANIFEST: lambda: json.dumps(manifest, indent=2, sort_keys=True) + "\n"})
 
 

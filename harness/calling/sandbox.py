@@ -38,6 +38,7 @@ from pathlib import Path
 
 import psutil
 
+from harness import interrupts
 from harness.calling.protocol import Arena, ProtocolError, decode_reply
 
 __all__ = [
@@ -211,6 +212,7 @@ class Sandbox:
                 self._init_sent = True
             deadline = time.monotonic() + timeout
             while True:
+                interrupts.check()  # a stop request ends the wait; the worker goes on loading for later
                 left = deadline - time.monotonic()
                 if left <= 0:
                     self.kill()
@@ -319,7 +321,10 @@ class Sandbox:
         deadline = None if limit is None else now + limit
         try:
             while True:
-                wait = MEMORY_POLL if memory_limit_mib else 1.0
+                # a stop request (harness.interrupts) abandons the call at once: the worker is
+                # killed below, so a hung or slow call never delays an interrupt
+                interrupts.check()
+                wait = MEMORY_POLL if memory_limit_mib else 0.25
                 if deadline is not None:
                     left = deadline - time.monotonic()
                     if left <= 0:
@@ -358,7 +363,7 @@ class Sandbox:
         except ProtocolError as exc:
             self.kill()
             return replies, Death("crashed", f"the sandbox broke the protocol ({exc}); it was killed")
-        except BaseException:  # Ctrl-C while waiting: the worker is mid-call, so it goes
+        except BaseException:  # a stop request or Ctrl-C while waiting: the worker is mid-call, so it goes
             self.kill()
             raise
 

@@ -1,71 +1,142 @@
-"""The audit engine: run a campaign's (dtype, regime) cells, checkpoint, resume, shrink, write.
+"""The audit engine: a campaign's (dtype, regime) cells run on an executor, checkpointed, resumed, shrunk, written.
 
 ``audit`` is the Python API behind ``python -m harness audit``; ``run_audit`` takes
-validated settings (``harness.campaign.settings``). Both return an ``AuditReport``.
+validated settings (``harness.campaign.settings``) and ``resume_audit`` continues a
+folder. All return an ``AuditReport``. The engine is the same for every executor
+(``harness.campaign.executors``): it hands out the cells not yet finished, takes each
+result as it comes, and alone writes the folder:
+
+- one run per folder (``harness.campaign.lock``), unless ``force``;
+- a checkpoint after every cell: records, stored cases, and a manifest with the
+  settings and content hashes (``harness.campaign.integrity``), so ``resume_audit``
+  reruns only the cells not finished, from their start, and refuses a damaged folder;
+- records assembled in the single run's cell order, a case drawn in two cells kept in
+  its first, so every executor and every resume writes the single run's records;
+- a stop request (``harness.interrupts``) ends the run within seconds with a
+  partial report; a cell whose worker died twice is a tool error for that cell alone.
 """
 
 from __future__ import annotations
 
 import shlex
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 import torch
+from tqdm import tqdm
 
+from harness import interrupts
 from harness.calling.caller import DEFAULT_COMPILE_TIMEOUT, DEFAULT_MEMORY_LIMIT_MIB, DEFAULT_TIMEOUT
 from harness.calling.registry import Implementation
+from harness.campaign.executors import Executor, make_executor
+from harness.campaign.integrity import verify_folder
+from harness.campaign.lock import FolderLock
 from harness.campaign.report import AuditReport, check_writable, write_folder
 from harness.campaign.settings import DEFAULT_SHRINK_SECONDS, AuditSettings, SettingsError, audit_settings
+from harness.campaign.state import Campaign, frame, load_finished
 from harness.formats import Format
 from harness.grading.verdicts import GRADED
-from harness.runner import RECORD_COLUMNS
-from harness.search import SearchResult, search
+from harness.search import SELF_CHECK_CASES, oracle_self_check
 from harness.shrinking import shrink_failures
 from reports.precision import precision_markdown, precision_table
-from reports.store import load_cases, load_manifest, load_records
-from strategies import Case
+from reports.store import load_manifest
 
-__all__ = ["audit", "resume_audit", "run_audit"]
+__all__ = ["DEFAULT_OUT", "audit", "resume_audit", "run_audit"]
 
 DEFAULT_OUT = Path("harness-out") / "audit"
 
 
-def _frame(found: SearchResult) -> pd.DataFrame:
-    return pd.DataFrame(found.records, columns=list(RECORD_COLUMNS))
+def _graded_nothing(records: pd.DataFrame) -> bool:
+    return not records["verdict"].isin(GRADED).any() if len(records) else True
 
 
-def _manifest_settings(settings: AuditSettings, implementations: Sequence[Implementation], resumed: int) -> dict:
-    return {
-        **settings.to_json(),
-        "settings": settings.to_json(),
-        "implementations": [{"name": i.name, "source": i.source} for i in implementations],
-        "resumed_cells": resumed,
-    }
-
-
-def _resumable(folder: Path) -> tuple[AuditSettings, dict[tuple[str, str], list[dict]], dict[str, Case]]:
-    """Settings, finished cells' records and stored cases of the audit in ``folder``.
-
-    Finished (dtype, regime) cells are kept as they are; the cell that was interrupted
-    runs again from its start, so the resumed report equals an uninterrupted one.
-    """
+def _remote_check(settings: AuditSettings, implementations: Sequence[Implementation], executor: Executor) -> None:
+    """Workers load implementations from their specs: every spec must load, to the same names."""
+    if not executor.remote:
+        return
     try:
-        manifest = load_manifest(folder)
-        settings = AuditSettings.from_json(manifest.get("settings") or manifest)
-        records = load_records(folder)
-        stored = load_cases(folder)
-        completed = {tuple(cell) for cell in manifest["completed_cells"]}
-    except (FileNotFoundError, KeyError, ValueError, TypeError) as exc:
-        raise SettingsError(f"cannot resume from {folder}: {str(exc).strip(chr(39))}") from None
-    records["output_bits"] = records["output_bits"].astype(object).fillna("")
-    records["message"] = records["message"].astype(object).fillna("")
-    finished: dict[tuple[str, str], list[dict]] = {}
-    for record in records.to_dict(orient="records"):
-        cell = (record["dtype"], record["regime"])
-        if cell in completed:
-            finished.setdefault(cell, []).append(record)
-    return settings, finished, stored
+        loaded = settings.load_implementations()
+    except SettingsError:
+        loaded = []
+    if [i.name for i in loaded] != [i.name for i in implementations]:
+        raise SettingsError(f"the {executor.name} executor needs implementations given as built-in names, "
+                            "module:function or file.py:function specs (its workers load them)")  # fmt: skip
+
+
+def _execute(
+    campaign: Campaign,
+    out: Path,
+    executor: Executor,
+    *,
+    command: str,
+    progress: bool | None,
+) -> AuditReport:
+    settings = campaign.settings
+
+    def write(checkpoint: bool, reproducers=None, extra=None) -> list[str]:
+        found = campaign.assembled()
+        status = "complete" if campaign.complete and not interrupts.requested() and not checkpoint else "partial"
+        found.self_checked = campaign.self_checked
+        stamp = campaign.stamp(executor.describe())
+        return write_folder(out, frame(found), found, stamp, command=command, status=status, checkpoint=checkpoint,
+                            reproducers=reproducers, extra=extra)  # fmt: skip
+
+    write_errors = write(checkpoint=True)  # the folder is resumable from the start
+    pending = campaign.pending
+    show = sys.stderr.isatty() if progress is None else progress
+    with tqdm(total=len(pending) * settings.examples, disable=not show, unit="case", desc="cases") as bar:
+        ticks = [0]
+
+        def on_case() -> None:
+            ticks[0] += 1
+            bar.update(1)
+
+        if pending and not interrupts.requested():
+            with executor:
+                # after a stop request the executor itself ends within seconds, handing back
+                # the partial cells of its busy workers: every one is kept
+                for result in executor.run(settings, pending, campaign.implementations, on_case=on_case):
+                    campaign.add(result)
+                    bar.update(max(0, settings.examples - ticks[0]) if result.finished else 0)
+                    ticks[0] = 0
+                    write_errors = write(checkpoint=True)
+    reproducers = None
+    if campaign.complete and not interrupts.requested():
+        try:
+            found = campaign.assembled()
+            campaign.extra_errors = oracle_self_check(found, SELF_CHECK_CASES)
+            campaign.self_checked = found.self_checked
+        except interrupts.Interrupted:
+            pass
+        if _graded_nothing(frame(campaign.assembled())):  # a run that graded nothing never passes
+            campaign.extra_errors.append("no case was graded: every record is ungraded, or there is none")
+        if settings.shrink_seconds > 0 and not interrupts.requested():
+            write_errors = write(checkpoint=True)  # nothing lost if shrinking is cut short
+            with settings.sandbox.caller() as caller:
+                assembled = campaign.assembled()
+                reproducers = shrink_failures(frame(assembled), campaign.implementations, assembled.cases,
+                                              policy=settings.policy, caller=caller,
+                                              seconds=settings.shrink_seconds)  # fmt: skip
+    extra = None
+    records = frame(campaign.assembled())
+    if settings.precision and len(records):
+        extra = {"precision.csv": lambda: precision_table(records).to_csv(index=False),
+                 "precision.md": lambda: precision_markdown(records, str(out))}  # fmt: skip
+    write_errors = write(checkpoint=False, reproducers=reproducers, extra=extra)
+    return _report(out, campaign, records, reproducers, write_errors)
+
+
+def _report(out: Path, campaign: Campaign, records, reproducers, write_errors: list[str]) -> AuditReport:
+    manifest = load_manifest(out) if (out / "manifest.json").is_file() else {}
+    stopped = interrupts.requested() or any(r.interrupted for r in campaign.results.values())
+    return AuditReport(
+        out=out, records=records, manifest=manifest,
+        reproducers=reproducers.table if reproducers is not None else None,
+        tool_errors=[e for e in campaign.errors() if e not in write_errors], write_errors=write_errors,
+        interrupted=manifest.get("status") != "complete" and stopped,
+    )  # fmt: skip
 
 
 def run_audit(
@@ -74,78 +145,64 @@ def run_audit(
     *,
     implementations: Sequence[Implementation] | None = None,
     command: str = "",
-    workers: int = 1,
+    executor: str | Executor | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
     progress: bool | None = None,
-    finished: dict[tuple[str, str], list[dict]] | None = None,
-    finished_cases: dict[str, Case] | None = None,
+    force: bool = False,
 ) -> AuditReport:
     """Run the campaign that ``settings`` describe and write its report folder to ``out``.
 
     ``implementations`` overrides loading them from the settings' specs (Python callables
-    of the API). ``workers > 1`` spreads the cells over a process pool. ``finished``
-    and ``finished_cases`` carry a resumed run's completed cells.
+    of the API; in-process only). ``executor``: 'inprocess', 'pool', 'dask' or an
+    ``Executor`` (see ``make_executor`` for ``workers`` and ``scheduler``). ``force``
+    takes the folder over from another run that holds its lock.
+    Raises SettingsError (one line) for settings, executors or folders that cannot run.
     """
     out = Path(out)
+    chosen = make_executor(executor, workers=workers, scheduler=scheduler)
     implementations = list(implementations) if implementations is not None else settings.load_implementations()
+    _remote_check(settings, implementations, chosen)
     check_writable(out)
-    if workers > 1:
-        if finished:
-            raise SettingsError("a pool of workers cannot resume a run; resume it without workers")
-        from harness.campaign.pool import run_in_pool
-
-        return run_in_pool(settings, out, implementations, workers=workers, command=command)
-    stamp = _manifest_settings(settings, implementations, len(finished or {}))
-    with settings.sandbox.caller() as caller:
-        return _run_single(settings, out, implementations, caller, stamp, command, progress, finished,
-                           finished_cases)  # fmt: skip
+    with FolderLock(out, command=command, force=force), interrupts.handling():
+        campaign = Campaign(settings, implementations)
+        return _execute(campaign, out, chosen, command=command, progress=progress)
 
 
-def _graded_nothing(records: pd.DataFrame) -> bool:
-    return not records["verdict"].isin(GRADED).any() if len(records) else True
+def resume_audit(
+    folder: Path,
+    *,
+    command: str = "",
+    executor: str | Executor | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    progress: bool | None = None,
+    force: bool = False,
+) -> AuditReport:
+    """Continue the audit in ``folder`` with the settings stored in its manifest, on any executor.
 
-
-def _run_single(settings, out, implementations, caller, stamp, command, progress, finished,
-                finished_cases) -> AuditReport:  # fmt: skip
-    def checkpoint(found: SearchResult) -> None:
-        for error in write_folder(out, _frame(found), found, stamp, command=command, status="partial",
-                                  checkpoint=True):  # fmt: skip
-            if error not in found.errors:  # a file that cannot be written fails at every checkpoint
-                found.errors.append(error)
-
-    found = search(
-        settings.formats, list(settings.regimes), implementations, profile=settings.budget, seed=settings.seed,
-        examples=settings.examples, max_classes=settings.max_classes, policy=settings.policy, caller=caller,
-        finished=finished, finished_cases=finished_cases, on_cell=checkpoint, shard=settings.shard, progress=progress,
-    )  # fmt: skip
-    records = _frame(found)
-    if not found.interrupted and _graded_nothing(records):
-        found.errors.append("no case was graded: every record is ungraded, or there is none")
-    reproducers = None
-    if not found.interrupted and settings.shrink_seconds > 0:
-        checkpoint(found)  # nothing lost if shrinking is cut short
-        reproducers = shrink_failures(records, implementations, found.cases, policy=settings.policy, caller=caller,
-                                      seconds=settings.shrink_seconds)  # fmt: skip
-        found.interrupted = reproducers.interrupted
-    extra = {}
-    if settings.precision and len(records):
-        extra = {"precision.csv": lambda: precision_table(records).to_csv(index=False),
-                 "precision.md": lambda: precision_markdown(records, str(out))}  # fmt: skip
-    status = "partial" if found.interrupted else "complete"
-    write_errors = write_folder(out, records, found, {**stamp, "shrink_seconds": settings.shrink_seconds},
-                                command=command, status=status, reproducers=reproducers, extra=extra)  # fmt: skip
-    return AuditReport(
-        out=out, records=records, manifest=load_manifest(out) if (out / "manifest.json").is_file() else {},
-        reproducers=reproducers.table if reproducers is not None else None,
-        tool_errors=[e for e in found.errors if e not in write_errors], write_errors=write_errors,
-        interrupted=found.interrupted,
-    )  # fmt: skip
-
-
-def resume_audit(folder: Path, *, command: str = "", progress: bool | None = None) -> AuditReport:
-    """Continue the partial audit in ``folder`` with the settings stored in its manifest."""
-    settings, finished, stored = _resumable(Path(folder))
-    return run_audit(settings, Path(folder), command=command, progress=progress, finished=finished,
-                     finished_cases=stored)  # fmt: skip
+    Finished cells are kept as they are (after checking them against their hashes); the
+    others run from their start, so the result equals an uninterrupted run's. A folder
+    that does not match its hashes is refused (FolderError, one line). A complete folder
+    is returned as it is.
+    """
+    folder = Path(folder)
+    chosen = make_executor(executor, workers=workers, scheduler=scheduler)
+    verify_folder(folder)  # before anything is written or locked there (checked again under the lock)
+    check_writable(folder)
+    with FolderLock(folder, command=command, force=force), interrupts.handling():
+        settings, manifest, finished = load_finished(folder)
+        implementations = settings.load_implementations()
+        _remote_check(settings, implementations, chosen)
+        campaign = Campaign(settings, implementations)
+        campaign.results.update(finished)
+        campaign.resumed = len(finished)
+        campaign.earlier_seconds = float(manifest.get("seconds", 0.0))
+        if manifest.get("status") == "complete" and campaign.complete:
+            records = frame(campaign.assembled())
+            return AuditReport(out=folder, records=records, manifest=manifest,
+                               tool_errors=list(manifest.get("tool_errors", [])))  # fmt: skip
+        return _execute(campaign, folder, chosen, command=command, progress=progress)
 
 
 def audit(
@@ -158,12 +215,16 @@ def audit(
     max_classes: int | None = None,
     seed: int = 0,
     max_ulps: float = 4.0,
+    strict: bool = False,
     precision: bool = False,
     shard: tuple[int, int] = (1, 1),
     timeout: float = DEFAULT_TIMEOUT,
     shrink_seconds: float = DEFAULT_SHRINK_SECONDS,
     out: str | Path = DEFAULT_OUT,
-    workers: int = 1,
+    executor: str | Executor | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    force: bool = False,
     progress: bool | None = False,
     compile_timeout: float = DEFAULT_COMPILE_TIMEOUT,
     memory_limit_mib: float = DEFAULT_MEMORY_LIMIT_MIB,
@@ -181,12 +242,16 @@ def audit(
     it takes, ``triton_interpret`` runs Triton kernels on Triton's CPU interpreter, and
     ``device`` is where it runs. Raises SettingsError (a ValueError, one line) for
     settings that cannot make an audit.
+    ``executor``: 'inprocess' (default), 'pool' (``workers`` processes) or 'dask' (a
+    LocalCluster of ``workers`` processes, or the cluster at ``scheduler``), or an
+    ``Executor``; every one writes the same records. MissingExtra without Dask.
     """
     settings, impls = audit_settings(
         implementations, dtypes=dtypes, regimes=regimes, profile=profile, examples=examples,
-        max_classes=max_classes, seed=seed, max_ulps=max_ulps, precision=precision, shard=shard, timeout=timeout,
-        shrink_seconds=shrink_seconds, compile_timeout=compile_timeout, memory_limit_mib=memory_limit_mib,
-        framework=framework, triton_interpret=triton_interpret, device=device,
+        max_classes=max_classes, seed=seed, max_ulps=max_ulps, strict=strict, precision=precision, shard=shard,
+        timeout=timeout, shrink_seconds=shrink_seconds, compile_timeout=compile_timeout,
+        memory_limit_mib=memory_limit_mib, framework=framework, triton_interpret=triton_interpret, device=device,
     )  # fmt: skip
     command = "harness.audit(" + shlex.quote(", ".join(settings.implementations)) + ")"
-    return run_audit(settings, Path(out), implementations=impls, command=command, workers=workers, progress=progress)
+    return run_audit(settings, Path(out), implementations=impls, command=command, executor=executor,
+                     workers=workers, scheduler=scheduler, progress=progress, force=force)  # fmt: skip

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from harness.calling.sandbox import sandbox_threads
+from harness.campaign.integrity import seal
 from harness.campaign.settings import SettingsError
 from harness.search import SearchResult
 from harness.shrinking import Reproducers
@@ -64,6 +65,9 @@ class AuditReport:
 
     @property
     def status(self) -> str:
+        """The manifest's: 'complete' only when every cell finished and every file was written."""
+        if self.manifest.get("status") in ("complete", "partial"):
+            return self.manifest["status"]
         return "partial" if self.interrupted or self.write_errors else "complete"
 
     @property
@@ -95,8 +99,9 @@ def write_folder(
     """Write a report folder from a search; a checkpoint writes only what --resume needs.
 
     Stored cases: ``stored_ids``, every worst case and every case not graded exact, and
-    the shrunk reproducers. Returns one line per file that could not be written (the
-    manifest then says partial).
+    the shrunk reproducers. The manifest gets the content hashes of every file and of
+    every finished cell (``harness.campaign.integrity``). Returns one line per file that
+    could not be written (the manifest then says partial).
     """
     summary = None if checkpoint else summarize(records)
     worst = set(worst_cases(records)["case_id"]) if checkpoint else set(summary["worst_case"])
@@ -121,11 +126,12 @@ def write_folder(
     if reproducers is not None:
         kept.update(reproducers.cases)
     stored = list(kept.values())
+    hashes = seal(found.completed_cells)
     if checkpoint:
-        return write_checkpoint(out, records, stored, manifest)
+        return write_checkpoint(out, records, stored, manifest, seal=hashes)
     markdown = render_summary(headline(records), summary, manifest, table, str(out))
     return write_report(out, records, summary, markdown, stored, manifest, with_html=status == "complete",
-                        reproducers=table, extra=extra)  # fmt: skip
+                        reproducers=table, extra=extra, seal=hashes)  # fmt: skip
 
 
 def write_check_folder(result, out: Path, *, command: str, run: dict) -> list[str]:

@@ -196,14 +196,14 @@ class AuditSettings:
 
     @classmethod
     def from_json(cls, data: dict) -> AuditSettings:
+        """The settings ``to_json`` wrote; every field is required (none silently defaults)."""
         fields = {f.name for f in dataclasses.fields(cls)}
-        optional = {"strict", "shrink_seconds", "timeout", "max_ulps", "shard", "precision", "compile_timeout",
-                    "memory_limit_mib", "framework", "triton_interpret", "device"}  # fmt: skip
-        missing = fields - set(data) - optional
+        missing, unknown = fields - set(data), set(data) - fields
         if missing:
-            raise SettingsError(f"settings lack {', '.join(sorted(missing))}")
-        kept = {key: tuple(value) if isinstance(value, list) else value for key, value in data.items() if key in fields}
-        return cls(**kept)
+            raise SettingsError(f"settings lack {', '.join(sorted(missing))} (written by an older harness)")
+        if unknown:
+            raise SettingsError(f"unknown settings {', '.join(sorted(unknown))} (written by a newer harness)")
+        return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in data.items()})
 
     def replace(self, **changes) -> AuditSettings:
         return dataclasses.replace(self, **changes)
