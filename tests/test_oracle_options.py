@@ -305,3 +305,12 @@ def test_softmax_of_huge_gaps_is_exactly_zero_from_the_float64_tier(dtype):
     reference = [float(mpmath.exp(-mpmath.mpf(a)) / (1 + mpmath.exp(-200) + mpmath.exp(-104))) for a in (0, 200, 104)]
     expected = torch.tensor(reference, dtype=torch.float64).to(fmt.dtype).double().tolist()
     assert out.value.tolist()[1] == expected
+
+
+def test_float64_softmax_elements_below_the_subnormals_are_zero_without_mpfr():
+    rows = torch.tensor([[0.0] + [-800.0] * 300 + [-700.0]], dtype=torch.float64)
+    out = family("softmax", rows, FORMATS["float64"])
+    assert out.certified.all() and out.value[0, 1:301].tolist() == [0.0] * 300
+    assert set(out.method[0, 1:301]) == {"float64"}  # decided before the per-element tiers
+    reference = mpmath.exp(-700) / (1 + 300 * mpmath.exp(-800) + mpmath.exp(-700))
+    assert out.value[0, -1] == float(reference) and out.value[0, 0] == 1.0

@@ -122,10 +122,26 @@ def _fast(rows: torch.Tensor, op: str, fmt: Format) -> tuple[np.ndarray, np.ndar
     err_p = p * (torch.expm1(err_a) + LIBM_ULPS * 2 * U) * 1.01 + 2 * TINY
     ok, candidate = _certify(p - err_p, p + err_p, p, fmt)
     # exp(−A) below half the smallest subnormal rounds to 0, however loose A's bound is (huge logits)
-    underflows = live & ((a - err_a) > 1.0 - math.log(fmt.smallest_subnormal / 2))
+    underflows = live & ((a - err_a) > 1.0 - math.log(fmt.smallest_subnormal) + math.log(2.0))
     ok = ok | underflows
     value = torch.where(masked | underflows, 0.0, candidate)
     return ((ok & live) | masked).numpy(), value.numpy(), p.numpy()
+
+
+def _underflowing(rows: torch.Tensor, fmt: Format) -> np.ndarray:
+    """Softmax elements proved below half the smallest subnormal of fmt (they round to 0), from the float64 tier.
+
+    A = (m − x_j) + log1p(s) is bounded as in ``_fast``; exp(−A) < smallest / 2 once the
+    lower end of A exceeds −log(smallest / 2), with a margin of 1 for exp's own error.
+    """
+    x = rows.to(torch.float64)
+    m, log1p_s, dl = _log1p_s_fast(x)
+    finite = torch.isfinite(log1p_s) & torch.isfinite(m) & torch.isfinite(x).logical_or(torch.isneginf(x)).all(dim=1)
+    gap = m.unsqueeze(1) - x
+    a = gap + log1p_s.unsqueeze(1)
+    err_a = ((U * gap + dl.unsqueeze(1)) + U * a) * 1.01
+    live = torch.isfinite(a) & finite.unsqueeze(1)
+    return (live & ((a - err_a) > 1.0 - math.log(fmt.smallest_subnormal) + math.log(2.0))).numpy()
 
 
 def _signed_certify(value: torch.Tensor, err: torch.Tensor, fmt: Format) -> tuple:
@@ -257,6 +273,11 @@ def family(op: str, rows: torch.Tensor, fmt: Format) -> OracleArray:
         out.value[ok], out.exact[ok], out.certified[ok] = value[ok], estimate[ok], True
         out.precision[ok], out.method[ok] = 53, "float64"
         pending = ~ok
+    if op == "softmax" and pending.any() and rows.numel():
+        zero = _underflowing(rows, fmt) & pending  # every tier but this one would take them one by one
+        out.value[zero], out.exact[zero], out.certified[zero] = 0.0, 0.0, True
+        out.precision[zero], out.method[zero] = 53, "float64"
+        pending &= ~zero
     if pending.any() and rows.numel():
         ok, value, estimate = family_dd(op, rows, fmt)
         ok &= pending
