@@ -7,6 +7,7 @@ import sys
 import pandas as pd
 import pytest
 
+from harness.calling.registry import REGISTRY
 from harness.cli import main
 from harness.runner import TIMING_COLUMNS
 from reports.store import load_cases
@@ -32,7 +33,8 @@ def test_audit_writes_every_file(report):
 def test_records_are_one_row_per_case_and_implementation(report):
     records = pd.read_csv(report / "records.csv")
     assert not records.duplicated(["case_id", "impl"]).any()
-    assert set(records["impl"]) == {"stable", "naive", "torch"}
+    assert set(records["impl"]) == set(REGISTRY.names())  # cross entropy and the softmax family, side by side
+    assert set(records.loc[records["op"] != "cross_entropy", "op"]) == {"log_softmax", "softmax", "logsumexp"}
     assert set(records["dtype"]) == {"float16", "bfloat16", "float32", "float64"}
     assert records.equals(pd.read_parquet(report / "records.parquet")) or len(records) == len(
         pd.read_parquet(report / "records.parquet")

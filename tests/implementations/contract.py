@@ -27,8 +27,13 @@ def _per_sample(x, targets, weight, ignore_index, label_smoothing, z_loss, softc
             x = softcap * (e - 1) / (e + 1)
         else:
             x = softcap * torch.tanh(x / softcap)
-    lse = torch.logsumexp(x, dim=1)
-    logp = x - lse.unsqueeze(1)
+    # the shifted form: x − lse would round lse first and lose the bits of x − m (pytorch#11752)
+    m = x.max(dim=1, keepdim=True).values
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # all −inf, or +inf: the specials decide
+    shifted = x - m
+    log_s = torch.log(torch.exp(shifted).sum(dim=1, keepdim=True))
+    logp = shifted - log_s
+    lse = (m + log_s).squeeze(1)
     w = torch.ones(n, dtype=x.dtype) if weight is None else weight.to(x.dtype)
     if targets.is_floating_point():
         y = targets.to(x.dtype)
