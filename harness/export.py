@@ -44,6 +44,14 @@ class ExportError(ValueError):
     """A counterexample that cannot be written as a self-contained test (one line)."""
 
 
+def _string(text: str) -> str:
+    """``text`` as a double-quoted Python string literal (the style ruff and black write)."""
+    quoted = repr(text)
+    if quoted.startswith("'") and '"' not in text:
+        quoted = '"' + quoted[1:-1].replace("\\'", "'") + '"'
+    return quoted
+
+
 def _literal(value: float) -> str:
     if math.isnan(value):
         return 'float("nan")'
@@ -189,7 +197,7 @@ def _import_lines(impl: Implementation) -> list[str]:
     target, _, attr = source.rpartition(":")
     if target.endswith(".py") or "/" in target or "\\" in target:
         return [
-            f"_spec = importlib.util.spec_from_file_location('implementation_module', {target!r})",
+            f'_spec = importlib.util.spec_from_file_location("implementation_module", {_string(target)})',
             "_module = importlib.util.module_from_spec(_spec)",
             "_spec.loader.exec_module(_module)",
             f"implementation = _module.{attr}",
@@ -241,16 +249,16 @@ def _assertion_lines(expected: dict, case: Case, max_ulps: float | None) -> list
         why = "a +inf or NaN logit, or an overflowing sum"
         lines += ["if not math.isfinite(value):", f"    return  # inf or NaN is acceptable here ({why})"]
     if expected["special"]:
-        return [*lines, "raise AssertionError(f'finite loss {value!r} for a row holding +inf or NaN')"]
+        return [*lines, 'raise AssertionError(f"finite loss {value!r} for a row holding +inf or NaN")']
     if math.isnan(expected["oracle"]):
-        return [*lines, "assert math.isnan(value), f'loss {value!r}, expected NaN'"]
+        return [*lines, 'assert math.isnan(value), f"loss {value!r}, expected NaN"']
     if math.isinf(expected["oracle"]):
-        return [*lines, "assert value == ORACLE, f'loss {value!r}, expected {ORACLE!r}'"]
+        return [*lines, 'assert value == ORACLE, f"loss {value!r}, expected {ORACLE!r}"']
     lines += [
-        "assert math.isfinite(value), f'loss {value!r}, expected {ORACLE!r}'",
+        'assert math.isfinite(value), f"loss {value!r}, expected {ORACLE!r}"',
         "error = abs(value - EXACT)",
         "assert value == ORACLE or error <= ALLOWANCE, (",
-        "    f'loss {value!r}, expected {ORACLE!r}: off by {error:.3g}, {error / ALLOWANCE:.3g} x the allowance'",
+        '    f"loss {value!r}, expected {ORACLE!r}: off by {error:.3g}, {error / ALLOWANCE:.3g} x the allowance"',
         ")",
     ]
     if max_ulps is not None:
@@ -258,7 +266,7 @@ def _assertion_lines(expected: dict, case: Case, max_ulps: float | None) -> list
         lines += [
             f"got, want = (torch.tensor(v, dtype=torch.float64).to({dtype}) for v in (value, ORACLE))",
             "ulps = abs(_ordinal(got) - _ordinal(want))",
-            f"assert ulps <= {max_ulps!r}, f'{{ulps}} ULPs from the correctly rounded loss'",
+            f'assert ulps <= {max_ulps!r}, f"{{ulps}} ULPs from the correctly rounded loss"',
         ]
     return lines
 
@@ -312,21 +320,22 @@ def reproducer_source(case: Case, record: dict, impl: Implementation, *, max_ulp
         *imports,
     ]
     graded = (
-        ["assert out.numel() == 1, f'expected the mean (a scalar), got shape {tuple(out.shape)}'",
+        ['assert out.numel() == 1, f"expected the mean (a scalar), got shape {tuple(out.shape)}"',
          "value = out.reshape(()).to(torch.float64).item()"]
         if expected["sample"] is None
-        else ["assert tuple(out.shape) == tuple(targets.shape), f'returned shape {tuple(out.shape)}'",
+        else ['assert tuple(out.shape) == tuple(targets.shape), f"returned shape {tuple(out.shape)}"',
               f"value = out.reshape(-1)[{expected['sample']}].to(torch.float64).item()"]
     )  # fmt: skip
     test = [
         "logits, targets = _inputs()",
         "out = implementation(logits, targets)",
-        "assert isinstance(out, torch.Tensor), f'returned {type(out).__name__}, not a tensor'",
-        "assert out.dtype == logits.dtype, f'returned {out.dtype} for {logits.dtype} logits'",
-        f"assert torch.equal(logits.view({int_dtype}), _inputs()[0].view({int_dtype})), 'wrote into its input'",
+        'assert isinstance(out, torch.Tensor), f"returned {type(out).__name__}, not a tensor"',
+        'assert out.dtype == logits.dtype, f"returned {out.dtype} for {logits.dtype} logits"',
+        f'assert torch.equal(logits.view({int_dtype}), _inputs()[0].view({int_dtype})), "wrote into its input"',
         "again = implementation(*_inputs())",
-        "assert torch.equal(again.detach().cpu(), out.detach().cpu()) or bool(out.isnan().any()), "
-        "'a second call answered differently'",
+        "assert torch.equal(again.detach().cpu(), out.detach().cpu()) or bool(out.isnan().any()), (",
+        '    "a second call answered differently"',
+        ")",
         *graded,
         *_assertion_lines(expected, case, max_ulps),
     ]
@@ -347,6 +356,11 @@ def reproducer_source(case: Case, record: dict, impl: Implementation, *, max_ulp
         f"def test_{name}_{case.format.name}_{regime}_{case.case_id}():",
         *("    " + line for line in test),
     ]
+    if not any("math." in line for line in body):  # e.g. an inf oracle compared with ==
+        header.remove("import math")
+        at = header.index("import torch")
+        if header[at - 2 : at] == ["", ""]:  # no other standard-library import left above torch
+            del header[at - 1]
     return "\n".join(header + body) + "\n"
 
 

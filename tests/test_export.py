@@ -44,6 +44,14 @@ def _masked_tile_case() -> Case:
     return Case(logits, torch.tensor([12_345]), "tiled")
 
 
+def _masked_target_case() -> Case:
+    """What the default check finds (README): the target inside the masked tile, so the loss is inf."""
+    logits = torch.zeros(1, 4_160, dtype=torch.float16)
+    logits[0, :4_096] = -math.inf
+    logits[0, 4_096] = 1.0
+    return Case(logits, torch.tensor([0]), "tiled")
+
+
 def _naive_overflow_case() -> Case:
     return Case(torch.tensor([[8.0] * 22], dtype=torch.float16), torch.tensor([0]), "huge")
 
@@ -62,6 +70,8 @@ def _batch_mean_case() -> Case:
 EXPORTS = {
     "masked_tile": ("tests.implementations.tiled:no_inf_guard_4096", _masked_tile_case,
                     "tests.implementations.tiled:sound_4096"),
+    "masked_target": ("tests.implementations.tiled:no_inf_guard_4096", _masked_target_case,
+                      "tests.implementations.tiled:sound_4096"),
     "overflow": ("naive", _naive_overflow_case, "tests.implementations.sound:upcast_float32"),
     "strided": ("tests.implementations.mutants:ignores_strides", _strided_case, "tests.implementations.sound:torch_ce"),
     "batch_mean": ("tests.implementations.mutants:low_precision_batch_mean", _batch_mean_case,
@@ -85,6 +95,8 @@ def test_exported_tests_fail_on_the_bug_and_pass_when_sound(tmp_path):
         text = path.read_text()
         assert len(text) < 2_500, (name, len(text))  # short enough to paste into a bug report
         assert "ORACLE =" in text and "ALLOWANCE =" in text and "def test_" in text
+        code = text.split("import torch", 1)[1]
+        assert ("import math" in text) == ("math." in code), name  # no unused import in a pasted test
         # the same file, its implementation swapped for a sound one
         target = fixed.replace(":", " import ").replace("tests.implementations.", "from tests.implementations.")
         binding = r"^(from \S+ import \S+ as implementation|implementation = .*)$"
@@ -93,6 +105,10 @@ def test_exported_tests_fail_on_the_bug_and_pass_when_sound(tmp_path):
         (sound / path.name).write_text(swapped)
     failed = _pytest(buggy)
     assert re.search(rf"\b{len(EXPORTS)} failed\b", failed), failed
+    # pasted into a project, the file passes a linter as it is (no unused import, sorted imports)
+    lint = ["check", "--isolated", "--select", "E,F,W,I", "--ignore", "E501", str(buggy)]
+    run = subprocess.run([sys.executable, "-m", "ruff", *lint], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr
     passed = _pytest(sound)
     assert re.search(rf"\b{len(EXPORTS)} passed\b", passed) and "failed" not in passed, passed
 
