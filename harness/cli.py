@@ -28,6 +28,7 @@ from harness.api import check, with_contract_settings
 from harness.bench import run_bench
 from harness.calling.caller import DEFAULT_COMPILE_TIMEOUT, DEFAULT_MEMORY_LIMIT_MIB, DEFAULT_TIMEOUT
 from harness.calling.frameworks import FRAMEWORKS
+from harness.calling.implementations import reference_for
 from harness.calling.loading import LoadError, load_implementation
 from harness.calling.signature import OPS
 from harness.campaign.engine import resume_audit, run_audit
@@ -392,7 +393,7 @@ def _check_case(args: argparse.Namespace, argv: Sequence[str], impl, sandbox: Sa
         "implementation": impl.name, "case": args.case, "case_id": case.case_id, "seed": "none (one given case)",
         "dtypes": [case.format.name],
         "regimes": [case.regime], "strict": args.strict, "max_ulps": args.max_ulps, **dataclasses.asdict(sandbox),
-        "implementations": [{"name": impl.name, "source": impl.source}, {"name": "torch", "source": "built-in"}],
+        "implementations": _manifest_entries(impl),
     }  # fmt: skip
     write_errors = write_check_folder(result, args.out, command=_command(argv), run=manifest_run)
     print(check_text(result, args.out, verbose=args.verbose, quiet=args.quiet))
@@ -403,6 +404,15 @@ def _check_case(args: argparse.Namespace, argv: Sequence[str], impl, sandbox: Sa
     if write_errors or result.errors:
         return EXIT_TOOL_ERROR
     return EXIT_OK if result.passed else EXIT_FLAGGED
+
+
+def _manifest_entries(impl) -> list[dict]:
+    """The manifest's implementations of a check: IMPL with its contract (replay needs it), and its reference."""
+    reference = reference_for(impl.op, impl.options, impl.soft_targets)
+    dtype = None if impl.output_dtype is None else str(impl.output_dtype).removeprefix("torch.")
+    mine = {"name": impl.name, "source": impl.source, "op": impl.op, "options": sorted(impl.options),
+            "soft_targets": impl.soft_targets, "output_dtype": dtype}  # fmt: skip
+    return [mine, {"name": reference.name, "source": "built-in"}]
 
 
 def _check(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -456,7 +466,7 @@ def _check(args: argparse.Namespace, argv: Sequence[str]) -> int:
     manifest_run = {
         **run, "dtypes": [f.name for f in formats], "regimes": list(regimes), "strict": args.strict,
         "max_ulps": args.max_ulps, **dataclasses.asdict(sandbox),
-        "implementations": [{"name": impl.name, "source": impl.source}, {"name": "torch", "source": "built-in"}],
+        "implementations": _manifest_entries(impl),
     }  # fmt: skip
     write_errors = write_check_folder(result, args.out, command=_command(argv), run=manifest_run)
     if result.search.interrupted:

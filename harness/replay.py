@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from harness import oracle
+from harness.api import with_contract_settings
 from harness.calling.caller import DEFAULT_COMPILE_TIMEOUT, DEFAULT_MEMORY_LIMIT_MIB, DEFAULT_TIMEOUT
 from harness.calling.loading import load_implementation
 from harness.calling.sandbox import WorkerOptions
@@ -40,7 +41,12 @@ def _implementations(manifest: dict, impl_specs: Sequence[str] | None, options: 
         spec = entry["name"] if entry["source"] in ("built-in", "python") else entry["source"]
         if entry["source"] == "python":
             continue  # a Python callable given to the API: nothing to load it from
-        loaded.append(dataclasses.replace(load_implementation(spec, options), name=entry["name"]))
+        impl = dataclasses.replace(load_implementation(spec, options), name=entry["name"])
+        if "op" in entry:  # a check's implementation, with the contract it was checked against
+            options = ",".join(entry["options"]) or "none"
+            impl = with_contract_settings(impl, op=entry["op"], options=options, soft_targets=entry["soft_targets"],
+                                          output_dtype=entry["output_dtype"])  # fmt: skip
+        loaded.append(impl)
     return loaded
 
 
@@ -79,15 +85,21 @@ def replay_case(report: Path, case_id: str, impl_specs: Sequence[str] | None = N
     ]
     worst = max((int(r["sample"]) for r in fresh if r["reduction"] == "none"), default=0)
     lines.extend(case_lines(case, max(worst, 0)))
-    per_sample = oracle.evaluate(case.row_logits, case.row_targets)
-    shown = ", ".join(
-        _show(v.value, dtype) + ("" if v.certified else " UNCERTIFIED") for v in per_sample[:ORACLE_SHOWN]
-    )
-    more = f", ... ({len(per_sample):,} samples)" if len(per_sample) > ORACLE_SHOWN else ""
-    lines.append(f"oracle {shown}{more}")
+    if case.contract is not None:
+        lines.append(f"options {case.contract.describe()}; ignored samples {list(case.contract.ignored)}")
+    plain = case.contract is None and all(impl.op == "cross_entropy" for impl in implementations)
+    if plain:  # otherwise each line's oracle is that implementation's own quantity (op, options)
+        per_sample = oracle.evaluate(case.row_logits, case.row_targets)
+        shown = ", ".join(
+            _show(v.value, dtype) + ("" if v.certified else " UNCERTIFIED") for v in per_sample[:ORACLE_SHOWN]
+        )
+        more = f", ... ({len(per_sample):,} samples)" if len(per_sample) > ORACLE_SHOWN else ""
+        lines.append(f"oracle {shown}{more}")
     for record in fresh:
         line = (
-            f"{record['impl']}: sample {record['sample']} output {record['output']!r} ({record['output_bits']}) "
+            f"{record['impl']} ({record['op']}, {record['reduction']}"
+            f"{', ' + record['options'] if record['options'] else ''}): sample {record['sample']} "
+            f"output {record['output']!r} ({record['output_bits']}) "
             f"oracle {_show(record['oracle'], dtype)} ulps {record['ulps']:g} outcome {record['outcome']}"
         )
         if record["impl"] in recorded.index:

@@ -169,7 +169,7 @@ def _search(formats, regimes, implementations, profile, seed, examples, max_clas
     max_classes = max_classes or profile.max_classes
     # shard (k, n) runs every n-th cell starting at the k-th: shards split a campaign
     cells = [(fmt, regime) for fmt in formats for regime in regimes][shard[0] - 1 :: shard[1]]
-    contract = contract_of(implementations)
+    contract = contract_of([subject] if subject is not None else implementations)  # check: what IMPL takes
     show = sys.stderr.isatty() if progress is None else progress
     with tqdm(total=len(cells) * examples, disable=not show, unit="case", desc="cases") as bar:
         for fmt, regime in cells:
