@@ -193,7 +193,44 @@ def test_option_shares_and_counterexamples_of_a_check(tmp_path, capsys):
     assert case_id in replayed
 
 
-# -- bug classes, on the default budget -----------------------------------------------------------------
+# -- bug classes: each on an input where it bites (fast), then over drawn cases (slow) ----------------------
+
+
+def _with(options: LossOptions, names, ignored=()) -> Contract:
+    return Contract(frozenset(names), options, tuple(ignored))
+
+
+BITES = {  # bug class -> (logits, targets, dtype, contract or None) where it bites
+    "weighted_mean_by_rows": ([[1.0, 2.0], [3.0, 0.0]], [0, 1], torch.float32,
+                              _with(LossOptions(weight=(1.0, 2.0), reduction="mean"), ["weight", "reduction"])),
+    "ignored_rows_in_mean": ([[1.0, 2.0], [3.0, 0.0]], [0, 1], torch.float32,
+                             _with(LossOptions(reduction="mean"), ["ignore_index", "reduction"], [1])),
+    "smoothing_over_c_minus_1": ([[1.0, 2.0, 0.5]], [0], torch.float32,
+                                 _with(LossOptions(label_smoothing=0.5), ["label_smoothing", "reduction"])),
+    "smoothing_from_log_softmax_underflow": ([[0.0, -200.0]], [0], torch.float32,
+                                             _with(LossOptions(label_smoothing=0.1), ["label_smoothing"])),
+    "batch_sum_in_input_dtype": ([[0.0, 0.0]] * 1024, [0] * 1024, torch.bfloat16,
+                                 _with(LossOptions(reduction="sum"), ["reduction"])),
+    "float32_through_bfloat16": ([[1.0, 1.0]], [0], torch.float32, _with(LossOptions(), ["reduction"])),
+    "z_loss_leaks": ([[10.0, 0.0]], [0], torch.float32, _with(LossOptions(), ["z_loss", "reduction"])),
+    "z_loss_unshifted": ([[100.0, 0.0]], [0], torch.float32, _with(LossOptions(z_loss=1e-4), ["z_loss"])),
+    "softcap_with_exp": ([[3000.0, 0.0]], [0], torch.float32, _with(LossOptions(softcap=30.0), ["softcap"])),
+    "log_softmax_unshifted": ([[100.0, 0.0]], [0], torch.float32, None),
+    "softmax_denominator_overflows": ([[0.0] * 70_000], [0], torch.float16, None),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("bug", list(bugs.BUG_CLASSES))
+def test_each_contract_bug_class_is_flagged_where_it_bites(bug):
+    logits, targets, dtype, contract = BITES[bug]
+    case = _case(logits, targets, contract, dtype)
+    mutant = _impl(bug)
+    sound = _impl(
+        {"log_softmax": "sound_log_softmax", "softmax": "sound_softmax"}.get(mutant.op, "sound_cross_entropy")
+    )
+    records = {r["impl"]: r for r in run_case(case, [mutant, sound])}
+    assert records[mutant.name]["verdict"] == "unstable", records[mutant.name]
+    assert records[sound.name]["verdict"] in ("ok", "inaccurate"), records[sound.name]
 
 
 @pytest.fixture(scope="module")
@@ -209,6 +246,7 @@ def contract_records() -> pd.DataFrame:
     return records
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bug", list(bugs.BUG_CLASSES))
 def test_every_contract_bug_class_is_flagged(contract_records, bug):
     mine = contract_records[contract_records["impl"] == bug]
@@ -216,6 +254,7 @@ def test_every_contract_bug_class_is_flagged(contract_records, bug):
     assert set(bugs.BUG_CLASSES[bug]) <= flagged, mine.groupby("dtype")["verdict"].value_counts()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [*list(bugs.SOUND), "sound_float32_out"])
 def test_sound_contract_implementations_pass(contract_records, name):
     mine = contract_records[contract_records["impl"] == name]
