@@ -26,7 +26,7 @@ from harness.calling.caller import Caller
 from harness.calling.registry import Implementation
 from harness.determinism import independent_of_local_constants
 from harness.formats import Format
-from harness.grading.verdicts import Policy
+from harness.grading.verdicts import FAILED_CALLS, Policy
 from harness.numerics import harness_numerics
 from harness.profiles import Profile
 from harness.runner import run_case
@@ -244,7 +244,13 @@ def _self_check_choice(result: SearchResult, count: int) -> list[dict]:
     class and taken from the classes in turn (small rows to vocabulary-size rows)."""
     by_case: dict[str, dict] = {}
     for record in result.records:
-        if record["reduction"] == "none" and record["oracle_certified"] and record["case_id"] in result.cases:
+        graded = int(record["sample"]) >= 0 and record["outcome"] not in FAILED_CALLS  # failed calls: no oracle value
+        if (
+            graded
+            and record["reduction"] == "none"
+            and record["oracle_certified"]
+            and record["case_id"] in result.cases
+        ):
             by_case.setdefault(record["case_id"], record)
     pools = []
     for low, high in SELF_CHECK_SIZE_CLASSES:

@@ -180,3 +180,28 @@ def test_precision_audit_writes_its_tables(tmp_path, capsys):
     text = (tmp_path / "precision.md").read_text()
     assert text.startswith("# Precision audit") and "| impl | dtype | regime |" in text
     assert json.loads((tmp_path / "manifest.json").read_text())["status"] == "complete"
+
+
+def test_a_failing_call_is_a_finding_not_a_tool_error(tmp_path, capsys):
+    # a failed call's record has no oracle value: the oracle self-check must not pick it (it once did, exit 3)
+    code = main(["check", "tests/implementations/hostile.py:raises_unprintable", "--dtype", "float32",
+                 "--profile", "ci", "--regime", "moderate", "--out", str(tmp_path)])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 1, captured.err
+    assert "TOOL ERROR" not in captured.err and "self-check" not in captured.out + captured.err
+    assert json.loads((tmp_path / "manifest.json").read_text())["tool_errors"] == []
+
+
+def test_a_numpy_answer_with_a_negative_stride_is_read(tmp_path):
+    source = tmp_path / "npimpl.py"
+    source.write_text(
+        "import numpy as np\n"
+        "def neg_stride(l, t):\n"
+        "    x = l.astype(np.float64); m = x.max(-1, keepdims=True)\n"
+        "    r = (m[:, 0] + np.log(np.exp(x - m).sum(-1)) - x[np.arange(len(t)), t]).astype(l.dtype)\n"
+        "    return r[::-1].copy()[::-1]\n"
+    )
+    code = main(["check", f"{source}:neg_stride", "--dtype", "float32", "--profile", "ci", "--regime", "moderate",
+                 "--out", str(tmp_path / "out")])  # fmt: skip
+    records = pd.read_csv(tmp_path / "out" / "records.csv")
+    assert code == 0 and not records["outcome"].eq("raised").any()

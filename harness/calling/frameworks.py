@@ -94,6 +94,9 @@ def read_output(value: Any) -> Any:
     if numpy is not None and isinstance(value, numpy.generic):
         value = numpy.asarray(value)
     if numpy is not None and isinstance(value, numpy.ndarray):
+        if any(stride < 0 for stride in value.strides):
+            # a one-element array counts as contiguous whatever its stride, but torch refuses negative ones
+            value = value.copy()
         if value.dtype.name == "bfloat16":
             return torch.from_numpy(numpy.ascontiguousarray(value).view(numpy.int16)).view(torch.bfloat16)
         try:
