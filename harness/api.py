@@ -41,7 +41,7 @@ class CheckResult:
     implementation: str
     passed: bool
     policy: Policy
-    records: pd.DataFrame  # the implementation's records, one per case
+    records: pd.DataFrame  # the implementation's records, one per (case, quantity)
     reference: pd.DataFrame  # torch's records on the same cases
     counterexamples: list[Counterexample] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -54,9 +54,39 @@ class CheckResult:
         return {verdict: int(counted.get(verdict, 0)) for verdict in VERDICTS}
 
     @property
+    def cases(self) -> int:
+        """Distinct cases graded (a case has a loss record, a grad record, or both)."""
+        return int(self.records["case_id"].nunique())
+
+    @property
     def graded(self) -> int:
-        """Cases graded against a certified oracle value (a run that grades none never passes)."""
+        """Records graded against a certified oracle value (a run that grades none never passes)."""
         return int(self.records["verdict"].isin(GRADED).sum())
+
+    @property
+    def not_differentiable(self) -> str:
+        """Why the implementation's gradient could not be taken ("" when it could, or was not asked for)."""
+        notes = self.records["message"].astype(str).str.extract(r"(not differentiable: [^;]*)")[0].dropna()
+        return str(notes.iloc[0]) if len(notes) else ""
+
+    def status_line(self) -> str:
+        """PASSED/FAILED, the cases, the verdicts (per quantity where gradients were graded) and the time."""
+        status = "PASSED" if self.passed else "FAILED"
+        by_quantity = []
+        for quantity, frame in self.records.groupby("quantity", sort=False):
+            counted = frame["verdict"].value_counts()
+            counts = ", ".join(f"{int(counted[v])} {v}" for v in VERDICTS if counted.get(v, 0))
+            by_quantity.append((quantity, counts))
+        if len(by_quantity) > 1 or any(q == "grad" for q, _ in by_quantity):
+            counts = "; ".join(f"{QUANTITY_LABELS[q]}: {c}" for q, c in by_quantity)
+        else:
+            counts = by_quantity[0][1] if by_quantity else ""
+        line = f"{status}: {self.implementation} on {self.cases} cases ({counts}) in {self.seconds:.1f} s"
+        if not self.graded:
+            line += "; no case was graded"
+        if self.not_differentiable:
+            line += f"\n{self.implementation} is {self.not_differentiable}; its forward was graded"
+        return line
 
     def worst_cases(self, n: int = 5) -> pd.DataFrame:
         ranked = self.records.assign(rank=self.records["verdict"].map(VERDICTS.index))
@@ -64,8 +94,8 @@ class CheckResult:
         return ranked.drop(columns="rank").head(n)
 
     def versus_reference(self) -> pd.DataFrame:
-        """Per (dtype, regime): the worst error over the allowance, and how it compares with torch."""
-        key = ["dtype", "regime"]
+        """Per (quantity, dtype, regime): the worst error over the allowance, and how it compares with torch."""
+        key = ["quantity", "dtype", "regime"]
 
         def worst(frame: pd.DataFrame) -> pd.Series:
             failing = frame["verdict"].eq("unstable")
@@ -79,11 +109,7 @@ class CheckResult:
         return table.reset_index()
 
     def describe(self, replay_dir: str | None = None) -> str:
-        counts = ", ".join(f"{n} {v}" for v, n in self.counts.items() if n)
-        status = "PASSED" if self.passed else "FAILED"
-        lines = [f"{status}: {self.implementation} on {len(self.records)} cases ({counts}) in {self.seconds:.1f} s"]
-        if not self.graded:
-            lines[0] += "; no case was graded"
+        lines = [self.status_line()]
         if len(self.records) > 1:
             lines.append(coverage_line(self.records))
         for cx in self.counterexamples:
@@ -91,6 +117,9 @@ class CheckResult:
             lines.append(describe_counterexample(cx, replay_dir))
         lines.extend(f"tool error: {e}" for e in self.errors)
         return "\n".join(lines)
+
+
+QUANTITY_LABELS = {"loss": "loss", "grad": "gradient"}
 
 
 def _values(t: torch.Tensor) -> str:
@@ -104,10 +133,11 @@ def describe_counterexample(cx: Counterexample, replay_dir: str | None = None) -
     sample's loss (harness.case_text).
     """
     case, r = cx.case, cx.record
-    sample = max(int(r["sample"]), 0) if r["reduction"] == "none" else 0
+    sample = max(int(r["sample"]), 0) if r["reduction"] == "none" or r.get("quantity") == "grad" else 0
     row = case.row_logits[min(sample, case.n_samples - 1)]
     lines = [
         f"counterexample {case.case_id} ({case.format.name}, regime {case.regime}): {r['verdict']}, {r['outcome']}"
+        + (" in the gradient" if r.get("quantity") == "grad" else "")
     ]
     lines.extend("  " + line for line in case_lines(case, sample))
     op = r.get("op") or "cross_entropy"
@@ -124,7 +154,15 @@ def describe_counterexample(cx: Counterexample, replay_dir: str | None = None) -
     else:
         lines.append(f"  op      = {op} over the last dimension")
     reduction = r["reduction"]
-    if reduction in ("mean", "sum"):
+    grad = r.get("quantity") == "grad"
+    if grad:
+        sample = max(int(r["sample"]), 0)
+        upstream = "the per-sample upstream gradients of strategies.upstream" if reduction == "none" else "a scalar"
+        lines.append(f"  backward = the {reduction if reduction != 'none' else 'per-sample'} loss back-propagated "
+                     f"with {upstream} (this row's: {r['upstream']!r})")  # fmt: skip
+        element = int(r["element"])
+        where = f"gradient element [{sample}, {element}] (d loss / d logits, row {sample}, class {element})"
+    elif reduction in ("mean", "sum"):
         where = f"{reduction} over samples"
     elif int(r.get("element", -1)) >= 0:
         where = f"element [{sample}, {int(r['element'])}]"
@@ -226,7 +264,7 @@ def _declared(impl: Implementation, k_dimensional: bool | None, contiguous_only:
 
 
 def _check_case(impl: Implementation, reference: Implementation, case: Case, policy: Policy,
-                caller: Caller) -> CheckResult:  # fmt: skip
+                caller: Caller, quantities: tuple[str, ...] = ("loss",)) -> CheckResult:  # fmt: skip
     """Grade exactly one given case: the same records, verdicts and counterexample format as a search."""
     if not impl.supports(case.dtype):
         raise ValueError(f"{impl.name} does not support {case.format.name}, the case's dtype")
@@ -237,7 +275,7 @@ def _check_case(impl: Implementation, reference: Implementation, case: Case, pol
         raise ValueError(f"the case's logits are not contiguous ({case.layout}): {impl.name} declares contiguous_only")
     found = SearchResult()
     start = time.perf_counter()
-    records = run_case(case, [impl, reference], policy, caller)
+    records = run_case(case, [impl, reference], policy, caller, quantities)
     found.records.extend(records)
     found.cases[case.case_id] = case
     found.seen.add(case.case_id)
@@ -290,6 +328,8 @@ def check(
     options: str | Sequence[str] | None = None,
     soft_targets: bool | None = None,
     output_dtype: torch.dtype | str | None = None,
+    grad: bool = True,
+    grad_only: bool = False,
 ) -> CheckResult:
     """Run the strategies on ``fn(logits, targets)`` and judge every case.
 
@@ -329,6 +369,16 @@ def check(
     graded in its own dtype, with the allowance of a computation at least as precise as
     the wider of the logits' and the output's dtypes, rounded once.
 
+    Gradients (issue 15; README "Gradients"): with ``grad`` (the default) a cross-entropy
+    output is back-propagated with torch autograd, with the case's upstream gradients
+    (strategies.upstream: ones, 1/N, per-sample weights with zeros, tiny, huge, negative;
+    a reduced output gets one of 1, 1/2, −2, tiny, huge), and the gradient with respect to
+    the logits is graded element by element against the certified gradient
+    (harness.oracle.gradient) within its allowance (harness.grading.allowance): one more
+    record per case, quantity "grad". An implementation that is not differentiable (another
+    framework, an output that does not require grad) is graded on its forward, and
+    ``CheckResult.not_differentiable`` says why. ``grad_only`` grades only the gradient.
+
     Raises ValueError (one line) for bad settings, an implementation that cannot be
     loaded or pickled, a regime that cannot be drawn under the limits, or a case that
     cannot be graded.
@@ -336,6 +386,7 @@ def check(
     sandbox = SandboxSettings(timeout, compile_timeout, memory_limit_mib, framework, triton_interpret,
                               device).validated()  # fmt: skip
     policy = Policy(max_ulps=max_ulps, strict=strict)
+    quantities = _quantities(grad, grad_only)
     contract = {"op": op, "options": options, "soft_targets": soft_targets, "output_dtype": output_dtype}
     if case is not None:
         given = [n for n, v in (("dtypes", dtypes), ("regimes", regimes), ("examples", examples), ("profile", profile),
@@ -349,7 +400,7 @@ def check(
         impl, reference = _declared(_implementation(fn, name, [graded.format], sandbox), k_dimensional,
                                     contiguous_only, contract)  # fmt: skip
         with sandbox.caller() as caller:
-            return _check_case(impl, reference, graded, policy, caller)
+            return _check_case(impl, reference, graded, policy, caller, quantities)
     formats = _formats(dtypes)
     chosen = list(regimes or REGIMES)
     check_regimes(chosen, 1 << 62, True)  # unknown names first, before anything is loaded
@@ -394,8 +445,18 @@ def check(
             subject=impl,
             caller=caller,
             progress=progress,
+            quantities=quantities,
         )
     return _result(impl, reference, policy, found)
+
+
+def _quantities(grad: bool, grad_only: bool) -> tuple[str, ...]:
+    """What check grades: ("loss", "grad"), ("loss",) or ("grad",); ValueError for a contradiction."""
+    if not isinstance(grad, bool) or not isinstance(grad_only, bool):
+        raise ValueError(f"grad and grad_only must be True or False, got {grad!r} and {grad_only!r}")
+    if grad_only and not grad:
+        raise ValueError("grad_only=True grades only the gradient: it cannot be combined with grad=False")
+    return ("grad",) if grad_only else ("loss", "grad") if grad else ("loss",)
 
 
 def assert_stable(fn: Callable | Implementation | str, **options) -> CheckResult:

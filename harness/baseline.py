@@ -1,4 +1,7 @@
-"""Baselines for regression testing: per-(dtype, regime) error statistics of a check.
+"""Baselines for regression testing: per-(quantity, dtype, regime) error statistics of a check.
+
+Cells are per quantity (loss, grad: issue 15); a baseline saved before gradients were
+graded has only loss cells, and its cells compare with the loss records.
 
 A baseline is only comparable with a check run on the same cases: the same seed,
 budget and class limit. Comparison fails a cell when the implementation got
@@ -28,14 +31,16 @@ class BaselineError(ValueError):
 
 
 def statistics(records: pd.DataFrame) -> pd.DataFrame:
-    """Per (dtype, regime): cases, worst finite ULPs, non-finite failures, unstable cases."""
+    """Per (quantity, dtype, regime): cases, worst finite ULPs, non-finite failures, unstable cases."""
+    quantity = records["quantity"] if "quantity" in records else pd.Series("loss", index=records.index)
     frame = records.assign(
+        quantity=quantity,
         finite_ulps=records["ulps"].where(records["outcome"].isin(["exact", "finite_error"]), 0.0),
         nonfinite=records["outcome"].isin(_NONFINITE),
         unstable=records["verdict"].eq("unstable"),
     )
     return (
-        frame.groupby(["dtype", "regime"], sort=True)
+        frame.groupby(["quantity", "dtype", "regime"], sort=True)
         .agg(
             cases=("case_id", "size"),
             max_ulps=("finite_ulps", "max"),
@@ -81,9 +86,12 @@ def compare(baseline: dict, records: pd.DataFrame, run: dict) -> pd.DataFrame:
     if differing:
         raise BaselineError(f"baseline was recorded on other cases ({', '.join(differing)}); save it again")
     current = statistics(records)
-    joined = pd.DataFrame(baseline["cells"]).merge(current, on=["dtype", "regime"], suffixes=("_baseline", ""))
+    cells = pd.DataFrame(baseline["cells"])
+    if "quantity" not in cells:
+        cells["quantity"] = "loss"
+    joined = cells.merge(current, on=["quantity", "dtype", "regime"], suffixes=("_baseline", ""))
     if joined.empty:
-        raise BaselineError("baseline shares no (dtype, regime) cell with this check")
+        raise BaselineError("baseline shares no (quantity, dtype, regime) cell with this check")
     allowed = joined["max_ulps_baseline"] * (1 + REL_MARGIN) + ABS_MARGIN_ULPS
     joined["regressed"] = (joined["max_ulps"] > allowed) | (joined["nonfinite"] > joined["nonfinite_baseline"])
     return joined

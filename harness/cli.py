@@ -232,6 +232,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="IMPL also takes float (N, C) probability targets (default: fn.soft_targets)")  # fmt: skip
     check.add_argument("--output-dtype", type=_dtype, metavar="D",
                        help="the dtype IMPL's output must have (default: any float dtype, graded in it)")  # fmt: skip
+    grads = check.add_mutually_exclusive_group()
+    grads.add_argument("--no-grad", dest="grad", action="store_false",
+                       help="grade the loss only (default: the gradient too, if differentiable)")  # fmt: skip
+    grads.add_argument("--grad-only", action="store_true",
+                       help="grade only the gradient with respect to the logits (the backward pass)")  # fmt: skip
     check.add_argument("--save-baseline", type=Path, help="record per-(dtype, regime) statistics to FILE")
     check.add_argument("--baseline", type=Path, help="fail when worse than the statistics in FILE")
 
@@ -385,7 +390,8 @@ def _check_case(args: argparse.Namespace, argv: Sequence[str], impl, sandbox: Sa
     try:
         result = check(impl, case=args.case, max_ulps=args.max_ulps, strict=args.strict, device=args.device,
                        timeout=args.timeout, compile_timeout=args.compile_timeout, memory_limit_mib=args.memory_limit,
-                       framework=args.framework, triton_interpret=args.triton_interpret)  # fmt: skip
+                       framework=args.framework, triton_interpret=args.triton_interpret, grad=args.grad,
+                       grad_only=args.grad_only)  # fmt: skip
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     case = next(iter(result.search.cases.values()))
@@ -393,7 +399,7 @@ def _check_case(args: argparse.Namespace, argv: Sequence[str], impl, sandbox: Sa
         "implementation": impl.name, "case": args.case, "case_id": case.case_id, "seed": "none (one given case)",
         "dtypes": [case.format.name],
         "regimes": [case.regime], "strict": args.strict, "max_ulps": args.max_ulps, **dataclasses.asdict(sandbox),
-        "implementations": _manifest_entries(impl),
+        "quantities": _quantities(args), "implementations": _manifest_entries(impl),
     }  # fmt: skip
     write_errors = write_check_folder(result, args.out, command=_command(argv), run=manifest_run)
     print(check_text(result, args.out, verbose=args.verbose, quiet=args.quiet))
@@ -404,6 +410,11 @@ def _check_case(args: argparse.Namespace, argv: Sequence[str], impl, sandbox: Sa
     if write_errors or result.errors:
         return EXIT_TOOL_ERROR
     return EXIT_OK if result.passed else EXIT_FLAGGED
+
+
+def _quantities(args: argparse.Namespace) -> list[str]:
+    """What a check graded, for its manifest (replay re-runs the backward where it includes grad)."""
+    return ["grad"] if args.grad_only else ["loss", "grad"] if args.grad else ["loss"]
 
 
 def _manifest_entries(impl) -> list[dict]:
@@ -455,7 +466,7 @@ def _check(args: argparse.Namespace, argv: Sequence[str]) -> int:
         impl, dtypes=formats, regimes=regimes, examples=examples, seed=args.seed, max_ulps=args.max_ulps,
         strict=args.strict, profile=profile.name, max_classes=max_classes, device=args.device, timeout=args.timeout,
         compile_timeout=args.compile_timeout, memory_limit_mib=args.memory_limit, framework=args.framework,
-        triton_interpret=args.triton_interpret, progress=_progress(args),
+        triton_interpret=args.triton_interpret, progress=_progress(args), grad=args.grad, grad_only=args.grad_only,
     )  # fmt: skip
     if not result.graded and not result.search.interrupted:
         result.errors.append("no case was graded: nothing to judge the implementation on")
@@ -465,7 +476,7 @@ def _check(args: argparse.Namespace, argv: Sequence[str]) -> int:
     }  # fmt: skip
     manifest_run = {
         **run, "dtypes": [f.name for f in formats], "regimes": list(regimes), "strict": args.strict,
-        "max_ulps": args.max_ulps, **dataclasses.asdict(sandbox),
+        "max_ulps": args.max_ulps, **dataclasses.asdict(sandbox), "quantities": _quantities(args),
         "implementations": _manifest_entries(impl),
     }  # fmt: skip
     write_errors = write_check_folder(result, args.out, command=_command(argv), run=manifest_run)

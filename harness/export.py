@@ -281,9 +281,11 @@ def reproducer_source(case: Case, record: dict, impl: Implementation, *, max_ulp
     ``max_ulps``: also assert it is within that many ULPs of the oracle (an *inaccurate*
     counterexample of a strict check). Raises ExportError when the implementation cannot
     be imported by the test. Not yet exported (ExportError, so no test that passes where it
-    should fail is written): cases called with options or probability targets, and the
-    softmax family (issue 14).
+    should fail is written): cases called with options or probability targets, the
+    softmax family (issue 14), and gradients (issue 15).
     """
+    if record.get("quantity") == "grad":
+        raise ExportError("a gradient counterexample cannot be exported as a test yet; replay it instead")
     contract = case.contract.restricted(impl.options) if case.contract is not None else None
     if impl.op != "cross_entropy" or (contract is not None and (contract.names or contract.probs is not None)):
         what = impl.op if impl.op != "cross_entropy" else "options or probability targets"

@@ -72,18 +72,23 @@ def replay_case(report: Path, case_id: str, impl_specs: Sequence[str] | None = N
     ).validated()  # as the report was made
     implementations = _implementations(manifest, impl_specs, sandbox.worker_options)
     records = load_records(report)
-    recorded = records[records["case_id"] == case_id].set_index("impl")
+    mine = records[records["case_id"] == case_id]
+    recorded = mine.set_index(["impl", "quantity"])
     reproducers = load_reproducers(report)
     if recorded.empty and reproducers is not None:  # a shrunk reproducer: its implementation's output is kept
-        recorded = reproducers[reproducers["reproducer"] == case_id].set_index("impl")
+        kept = reproducers[reproducers["reproducer"] == case_id]
+        recorded = kept.assign(quantity=kept.get("quantity", "loss")).set_index(["impl", "quantity"])
+    # the quantities the report graded: a check with gradients re-runs the backward too
+    quantities = manifest.get("quantities") or (saved.get("quantities") if isinstance(saved, dict) else None)
+    quantities = tuple(quantities or ("loss",))
     with sandbox.caller() as caller:
-        fresh = run_case(case, implementations, caller=caller)
+        fresh = run_case(case, implementations, caller=caller, quantities=quantities)
     dtype = case.dtype
     lines = [
         f"case {case_id}  regime {case.regime}  dtype {case.format.name}  shape {tuple(case.logits.shape)}",
         f"targets {case.targets.tolist() if case.n_samples <= 64 else f'{case.n_samples:,} targets'}",
     ]
-    worst = max((int(r["sample"]) for r in fresh if r["reduction"] == "none"), default=0)
+    worst = max((int(r["sample"]) for r in fresh if r["reduction"] == "none" or r["quantity"] == "grad"), default=0)
     lines.extend(case_lines(case, max(worst, 0)))
     if case.contract is not None:
         lines.append(f"options {case.contract.describe()}; ignored samples {list(case.contract.ignored)}")
@@ -96,14 +101,19 @@ def replay_case(report: Path, case_id: str, impl_specs: Sequence[str] | None = N
         more = f", ... ({len(per_sample):,} samples)" if len(per_sample) > ORACLE_SHOWN else ""
         lines.append(f"oracle {shown}{more}")
     for record in fresh:
+        grad = record["quantity"] == "grad"
+        where = (f"gradient [{record['sample']}, {record['element']}] (upstream {record['upstream']!r})" if grad
+                 else f"sample {record['sample']}")  # fmt: skip
+        shown_dtype = torch.float64 if not record["output_dtype"] else getattr(torch, record["output_dtype"])
         line = (
             f"{record['impl']} ({record['op']}, {record['reduction']}"
-            f"{', ' + record['options'] if record['options'] else ''}): sample {record['sample']} "
+            f"{', ' + record['options'] if record['options'] else ''}): {where} "
             f"output {record['output']!r} ({record['output_bits']}) "
-            f"oracle {_show(record['oracle'], dtype)} ulps {record['ulps']:g} outcome {record['outcome']}"
+            f"oracle {_show(record['oracle'], shown_dtype)} ulps {record['ulps']:g} outcome {record['outcome']}"
         )
-        if record["impl"] in recorded.index:
-            before = str(recorded.loc[record["impl"], "output_bits"])
+        key = (record["impl"], record["quantity"])
+        if key in recorded.index:
+            before = str(recorded.loc[key, "output_bits"])
             same = before == record["output_bits"]
             line += "  [same bits as recorded]" if same else f"  [DIFFERS from recorded {before}]"
         lines.append(line)

@@ -22,14 +22,18 @@ from harness.oracle.family import OracleArray
 from harness.oracle.options import LossOptions
 from strategies import Case
 from strategies.contract import Contract
+from strategies.upstream import upstream_gradients, upstream_scalar
 
-__all__ = ["RECORD_COLUMNS", "TIMING_COLUMNS", "run_case"]
+__all__ = ["QUANTITIES", "RECORD_COLUMNS", "TIMING_COLUMNS", "run_case"]
+
+# What a record grades: the loss (the implementation's output) or its gradient with respect to the logits.
+QUANTITIES = ("loss", "grad")
 
 RECORD_COLUMNS = (
     "case_id", "regime", "dtype", "n_samples", "n_classes", "max_abs_logit", "spread",
-    "impl", "op", "reduction", "output_dtype", "options", "weighted", "ignore_index", "n_ignored",
+    "impl", "quantity", "op", "reduction", "output_dtype", "options", "weighted", "ignore_index", "n_ignored",
     "label_smoothing", "z_loss", "softcap", "soft_targets",
-    "sample", "element", "output", "output_bits", "oracle", "exact", "abs_error", "rel_error",
+    "sample", "element", "upstream", "output", "output_bits", "oracle", "exact", "abs_error", "rel_error",
     "ulps", "bits", "outcome", "verdict", "allowance", "allowance_ratio",
     "oracle_certified", "oracle_precision", "oracle_method", "message", "impl_seconds", "compile_seconds",
     "oracle_seconds",
@@ -80,22 +84,34 @@ def run_case(
     implementations: Iterable[Implementation],
     policy: Policy = Policy(),
     caller: Caller | None = None,
+    quantities: Iterable[str] = ("loss",),
 ) -> list[dict]:
-    """One record per implementation that supports the case (its dtype, and its layout).
+    """One record per (implementation that supports the case, quantity).
 
-    Samples are numbered in the row-major order of the targets (see Case.row_logits).
-    Implementations run in their sandbox processes (``caller``, default a fresh Caller
-    whose workers go back to the pool afterwards); the oracle and the grading run here,
-    under ``harness_numerics`` (IEEE arithmetic whatever the calling script set).
+    ``quantities``: "loss" grades the output; "grad" back-propagates a cross-entropy
+    output with the case's upstream gradients (strategies.upstream) and grades the
+    gradient with respect to the logits (an implementation that is not differentiable
+    gets no grad record; its loss record's message says why). Samples are numbered in the
+    row-major order of the targets (see Case.row_logits); a grad record's ``sample`` and
+    ``element`` are the worst element's row and class. Implementations run in their
+    sandbox processes (``caller``, default a fresh Caller whose workers go back to the pool
+    afterwards); the oracle and the grading run here, under ``harness_numerics`` (IEEE
+    arithmetic whatever the calling script set). Raises ValueError for an unknown quantity.
     """
+    quantities = tuple(quantities)
+    unknown = sorted(set(quantities) - set(QUANTITIES))
+    if unknown or not quantities:
+        raise ValueError(f"unknown quantity {unknown[0] if unknown else None!r}; expected some of loss, grad")
     if caller is None:
         with Caller() as own:
-            return run_case(case, implementations, policy, own)
+            return run_case(case, implementations, policy, own, quantities)
     with harness_numerics():
-        return _run_case(case, implementations, policy, caller)
+        return _run_case(case, implementations, policy, caller, quantities)
 
 
-def _run_case(case: Case, implementations: Iterable[Implementation], policy: Policy, caller: Caller) -> list[dict]:
+def _run_case(
+    case: Case, implementations: Iterable[Implementation], policy: Policy, caller: Caller, quantities: tuple[str, ...]
+) -> list[dict]:
     expectations = Expectations(case)
     shared = {
         "case_id": case.case_id, "regime": case.regime, "dtype": case.format.name,
@@ -108,37 +124,64 @@ def _run_case(case: Case, implementations: Iterable[Implementation], policy: Pol
         contract = None
         if impl.op == "cross_entropy" and case.contract is not None:
             contract = case.contract.restricted(impl.options)
-        called = caller.call(impl, case)
+        gradients = "grad" in quantities and impl.op == "cross_entropy"
+        called = caller.call(impl, case, gradients=gradients)
         output = called.output
         columns = {"reduction": "none", "output_dtype": case.format.name, **_contract_columns(impl, contract)}
+        timing = {"impl_seconds": called.seconds, "compile_seconds": called.compile_seconds}
         if called.failure:
             metrics, used = _failure(called.failure, called.message), None
         else:
             fmt_out = format_of(output.dtype)
-            expected = _expected(expectations, impl, case, contract, output)
-            expected = expected(fmt_out)
-            metrics = measure(
-                output, expected.values, output.dtype, allowed=expected.allowed, special_input=expected.special,
-                accept_nonfinite=expected.accept_nonfinite, policy=policy,
-            )  # fmt: skip
-            sample, element = divmod(metrics["sample"], expected.elements)
-            metrics.update(sample=sample, element=element if expected.elements > 1 else -1)
+            expected = _expected(expectations, impl, case, contract, output)(fmt_out)
             columns.update(reduction=expected.reduction, output_dtype=fmt_out.name)
-            used = expected.values
-        records.append(
-            {
-                **shared,
-                "impl": impl.name,
-                **columns,
-                "message": called.message,  # a failure's, or how an odd output was read
-                **metrics,
-                **_provenance(used, metrics),
-                "impl_seconds": called.seconds,
-                "compile_seconds": called.compile_seconds,
-                "oracle_seconds": expectations.seconds,
-            }
-        )
+            metrics, used = _graded(output, expected, policy)
+        message = called.message  # a failure's, or how an odd output was read
+        if gradients and not called.failure and called.grad is None and not called.grad_failure:
+            message = "; ".join(m for m in (message, called.grad_message) if m)
+        differentiable = called.grad is not None or called.grad_failure is not None
+        # a forward that failed, or one with no gradient, is graded on its forward even under grad-only
+        if "loss" in quantities or not gradients or called.failure or not differentiable:
+            records.append({**shared, "impl": impl.name, "quantity": "loss", **columns, "message": message,
+                            "upstream": math.nan, **metrics, **_provenance(used, metrics), **timing,
+                            "oracle_seconds": expectations.seconds})  # fmt: skip
+        if gradients and not called.failure and differentiable:
+            records.append(_grad_record(shared, impl, columns, called, expectations, case, contract, policy, timing))
     return records
+
+
+def _graded(output: torch.Tensor, expected, policy: Policy) -> tuple[dict, object]:
+    metrics = measure(
+        output, expected.values, output.dtype, allowed=expected.allowed, special_input=expected.special,
+        accept_nonfinite=expected.accept_nonfinite, policy=policy,
+    )  # fmt: skip
+    sample, element = divmod(metrics["sample"], expected.elements)
+    metrics.update(sample=sample, element=element if expected.elements > 1 else -1)
+    return metrics, expected.values
+
+
+def _grad_record(shared, impl, columns, called, expectations, case, contract, policy, timing) -> dict:
+    """The record of the gradient with respect to the logits (quantity "grad")."""
+    columns = {**columns, "output_dtype": case.format.name}
+    upstream = upstream_gradients(case)
+    reduction = columns["reduction"]
+    if reduction != "none":
+        upstream = torch.tensor([upstream_scalar(case)], dtype=torch.float64)
+    if called.grad_failure:
+        metrics, used = _failure(called.grad_failure, called.grad_message), None
+    else:
+        grad = called.grad
+        # the upstream as the implementation received it: cast to the output's dtype
+        upstream = upstream.to(case.dtype).to(called.output.dtype).double()
+        fmt_grad = format_of(grad.dtype)
+        rows = grad.movedim(1, -1).reshape(-1, case.n_classes) if grad.ndim > 2 else grad
+        expected = expectations.gradient(contract, reduction, upstream, fmt_grad)
+        metrics, used = _graded(rows, expected, policy)
+        columns["output_dtype"] = fmt_grad.name
+    worst = max(metrics["sample"], 0)
+    return {**shared, "impl": impl.name, "quantity": "grad", **columns, "message": called.grad_message,
+            "upstream": float(upstream.reshape(-1)[min(worst, upstream.numel() - 1)]), **metrics,
+            **_provenance(used, metrics), **timing, "oracle_seconds": expectations.seconds}  # fmt: skip
 
 
 def _expected(expectations: Expectations, impl: Implementation, case: Case, contract: Contract | None, output):

@@ -124,6 +124,7 @@ def search(
     progress: bool | None = None,
     targeted: bool = True,
     on_case: Callable[[], None] | None = None,
+    quantities: Sequence[str] = ("loss",),
 ) -> SearchResult:
     """Every implementation on ``examples`` cases per (dtype, regime) cell.
 
@@ -139,6 +140,8 @@ def search(
     re-evaluated by the oracle at higher precision, mpmath only; a disagreement is a tool
     error. ``shard=(k, n)`` runs only the k-th of every n cells (see ``harness merge``).
     ``targeted=False`` turns off Hypothesis's target phase (plain generation, for comparison).
+    ``quantities``: what each record grades (harness.runner.run_case): the loss, and with
+    "grad" the gradient with respect to the logits.
     Implementations run in ``caller``'s sandboxes (default: a Caller of this search);
     cases are drawn and graded under ``harness_numerics``.
     """
@@ -148,18 +151,18 @@ def search(
                 formats, regimes, implementations, profile=profile, seed=seed, examples=examples,
                 max_classes=max_classes, policy=policy, fails=fails, subject=subject, shrink_seconds=shrink_seconds,
                 caller=own, finished=finished, finished_cases=finished_cases, self_check=self_check, on_cell=on_cell,
-                shard=shard, progress=progress, targeted=targeted, on_case=on_case,
+                shard=shard, progress=progress, targeted=targeted, on_case=on_case, quantities=quantities,
             )  # fmt: skip
     caller.start(implementations)  # the workers start side by side while the first case is drawn
     with harness_numerics():
         return _search(formats, regimes, implementations, profile, seed, examples, max_classes, policy, fails,
                        subject, shrink_seconds, caller, finished, finished_cases, self_check, on_cell, shard, progress,
-                       targeted, on_case)  # fmt: skip
+                       targeted, on_case, tuple(quantities))  # fmt: skip
 
 
 def _search(formats, regimes, implementations, profile, seed, examples, max_classes, policy, fails, subject,
             shrink_seconds, caller, finished, finished_cases, self_check, on_cell, shard, progress,
-            targeted, on_case) -> SearchResult:  # fmt: skip
+            targeted, on_case, quantities) -> SearchResult:  # fmt: skip
     finished = finished or {}
     finished_cases = finished_cases or {}
     result = SearchResult()
@@ -193,7 +196,7 @@ def _search(formats, regimes, implementations, profile, seed, examples, max_clas
                 nonlocal shrinking
                 interrupts.check()  # a stop request ends the cell here, never inside foreign code
                 running = [subject] if shrinking and subject else implementations
-                records = run_case(case, running, policy, caller)
+                records = run_case(case, running, policy, caller, quantities)
                 failing = [r for r in records if fails and fails(r)]
                 if not shrinking and case.case_id not in result.seen:  # Hypothesis may replay a case
                     bar.update(1)
@@ -233,7 +236,7 @@ def _search(formats, regimes, implementations, profile, seed, examples, max_clas
                 left = min(shrink_left - (time.perf_counter() - cell_start), CELL_MINIMIZE_SECONDS)
                 if subject is not None and fails is not None and left > 0:
                     try:
-                        case, record = _minimized(flagged, subject, fails, policy, caller, left)
+                        case, record = _minimized(flagged, subject, fails, policy, caller, left, quantities)
                     except (interrupts.Interrupted, KeyboardInterrupt):
                         result.interrupted = True
                 result.counterexamples.append(Counterexample(case, record))
@@ -243,7 +246,7 @@ def _search(formats, regimes, implementations, profile, seed, examples, max_clas
                 if case.case_id not in result.seen:
                     result.seen.add(case.case_id)
                     result.cases[case.case_id] = case
-                    result.records.extend(run_case(case, implementations, policy, caller))
+                    result.records.extend(run_case(case, implementations, policy, caller, quantities))
             except (interrupts.Interrupted, KeyboardInterrupt):
                 result.interrupted = True
                 break
@@ -268,13 +271,16 @@ def _search(formats, regimes, implementations, profile, seed, examples, max_clas
 
 
 def _minimized(flagged: _Flagged, subject: Implementation, fails: Callable[[dict], bool], policy: Policy,
-               caller: Caller, seconds: float) -> tuple[Case, dict]:  # fmt: skip
-    """The flagged case shrunk structurally, running only the subject, failing with the same outcome."""
-    outcome = flagged.record["outcome"]
+               caller: Caller, seconds: float, quantities: tuple[str, ...] = ("loss",),
+               ) -> tuple[Case, dict]:  # fmt: skip
+    """The flagged case shrunk structurally, running only the subject, failing with the same outcome and quantity."""
+    outcome, quantity = flagged.record["outcome"], flagged.record.get("quantity", "loss")
+    # a failed call has no gradient: shrinking it needs only the forward
+    needed = quantities if quantity == "grad" else ("loss",)
 
     def still_fails(case: Case) -> dict | None:
-        for record in run_case(case, [subject], policy, caller):
-            if record["outcome"] == outcome and fails(record):
+        for record in run_case(case, [subject], policy, caller, needed):
+            if record["outcome"] == outcome and record.get("quantity", "loss") == quantity and fails(record):
                 return record
         return None
 
@@ -288,6 +294,7 @@ def self_check_choice(result: SearchResult, count: int) -> list[dict]:
     by_case: dict[str, dict] = {}
     for record in result.records:
         plain = not record.get("options") and record.get("op", "cross_entropy") == "cross_entropy" \
+            and record.get("quantity", "loss") == "loss" \
             and record.get("output_dtype", record["dtype"]) == record["dtype"]  # fmt: skip
         graded = int(record["sample"]) >= 0 and record["outcome"] not in FAILED_CALLS  # failed calls: no oracle value
         if plain and graded and record["reduction"] == "none" and record["oracle_certified"] \

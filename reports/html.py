@@ -22,7 +22,7 @@ from harness.grading.verdicts import SAFETY
 from reports import plots
 from reports.palette import CATEGORIES, CATEGORY_MEANINGS, category
 from reports.precision import PRECISION_MEANINGS, findings, precision_table, precision_totals, ratios
-from reports.stats import HEADLINE_MEANINGS, headline, reproducer_table, worst_cases
+from reports.stats import HEADLINE_MEANINGS, by_subject, headline, reproducer_table, worst_cases
 
 __all__ = ["render_html"]
 
@@ -324,6 +324,7 @@ def render_html(
 ) -> str:
     """The whole page: run header, headline table, outcome bars, [precision], error plots, histograms,
     reproducers, worst cases and the per-regime summary (the last two collapsible)."""
+    records = by_subject(records)  # a gradient's records get panels and rows of their own
     versions = ", ".join(f"{k} {v}" for k, v in manifest.get("versions", {}).items())
     partial = manifest.get("status") != "complete"
     max_ulps = float(manifest.get("max_ulps", 4.0))

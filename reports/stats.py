@@ -12,6 +12,7 @@ __all__ = [
     "GROUP",
     "HEADLINE_MEANINGS",
     "by_option",
+    "by_subject",
     "coverage",
     "coverage_line",
     "headline",
@@ -21,9 +22,21 @@ __all__ = [
     "worst_cases",
 ]
 
-GROUP = ["impl", "dtype", "regime"]
+GROUP = ["impl", "quantity", "dtype", "regime"]  # quantity: loss or grad (issue 15)
 _NONFINITE_FAILURES = ["spurious_inf", "spurious_nan", "missing_nonfinite"]
 _VERDICT_ORDER = ("ok", "inaccurate", "unstable", "ungraded")
+
+
+def by_subject(records: pd.DataFrame) -> pd.DataFrame:
+    """Records with each gradient record's ``impl`` named "IMPL (gradient)": what tables and figures show apart.
+
+    The records themselves keep ``impl`` and ``quantity`` apart (tidy data); this is for
+    displays that group by implementation only.
+    """
+    if "quantity" not in records or not records["quantity"].eq("grad").any():
+        return records
+    grad = records["quantity"].eq("grad")
+    return records.assign(impl=records["impl"].where(~grad, records["impl"].astype(str) + " (gradient)"))
 
 
 def _with_severity(records: pd.DataFrame) -> pd.DataFrame:
@@ -80,6 +93,7 @@ def headline(records: pd.DataFrame) -> pd.DataFrame:
     max_finite_ulps (finite comparisons only); max_allowance_ratio (the worst error over
     the stability allowance, inf for a non-finite failure).
     """
+    records = by_subject(records)
     flags = records.assign(
         exact=records["outcome"].eq("exact"),
         accepted_nonfinite=records["outcome"].isin(ACCEPTED_OUTCOMES),

@@ -179,6 +179,11 @@ def load_records(folder: Path) -> pd.DataFrame:
     records = pd.read_csv(Path(folder) / RECORDS_CSV, dtype={"output_bits": str}, **exact)
     if "compile_seconds" not in records:  # written before compile time was recorded apart
         records.insert(records.columns.get_loc("impl_seconds") + 1, "compile_seconds", 0.0)
+    if "quantity" not in records:  # written before gradients were graded: every record graded the loss
+        records.insert(records.columns.get_loc("impl") + 1, "quantity", "loss")
+    if "upstream" not in records:
+        records.insert(records.columns.get_loc("element") + 1 if "element" in records else len(records.columns),
+                       "upstream", float("nan"))  # fmt: skip
     return records
 
 

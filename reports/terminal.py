@@ -82,13 +82,17 @@ def _worst(rows: pd.DataFrame) -> str:
 
 
 def _seconds(records: pd.DataFrame) -> float:
-    """Seconds in the implementation's calls and the oracle, summed over records."""
-    return float(records["impl_seconds"].fillna(0).sum() + records["oracle_seconds"].fillna(0).sum())
+    """Seconds in the implementation's calls and the oracle, summed over cases (a case's records share them)."""
+    once = records[["case_id", "impl_seconds", "oracle_seconds"]].fillna(0).groupby("case_id").max()
+    return float(once["impl_seconds"].sum() + once["oracle_seconds"].sum())
 
 
 def _per_dtype_lines(records: pd.DataFrame) -> list[str]:
     rows = []
-    for dtype, mine in _dtype_order(records).groupby("dtype", sort=False):
+    grads = "quantity" in records and records["quantity"].eq("grad").any()
+    keys = ["dtype", "quantity"] if grads else ["dtype"]
+    for key, mine in _dtype_order(records).groupby(keys, sort=False):
+        dtype = f"{key[0]} {'gradient' if key[1] == 'grad' else 'loss'}" if grads else key[0]
         counts = mine["verdict"].value_counts()
         verdicts = ", ".join(
             f"{int(counts.get(v, 0))} {v}"
@@ -119,11 +123,14 @@ def _where(records: pd.DataFrame, limit: int | None) -> list[str]:
     if flagged.empty:
         return []
     rows = []
-    for (dtype, regime), cell in flagged.groupby(["dtype", "regime"], sort=False):
+    quantity = flagged["quantity"] if "quantity" in flagged else pd.Series("loss", index=flagged.index)
+    flagged = flagged.assign(quantity=quantity.map({"grad": "gradient"}).fillna(quantity))
+    for (dtype, regime, what), cell in flagged.groupby(["dtype", "regime", "quantity"], sort=False):
         rows.append(
             {
                 "dtype": dtype,
                 "regime": regime,
+                "quantity": what,
                 "unstable": int(cell["verdict"].eq("unstable").sum()),
                 "inaccurate": int(cell["verdict"].eq("inaccurate").sum()),
                 "worst": _worst(cell),
@@ -133,7 +140,7 @@ def _where(records: pd.DataFrame, limit: int | None) -> list[str]:
     table = table.sort_values(["unstable", "inaccurate"], ascending=False, kind="stable")
     shown = table if limit is None else table.head(limit)
     lines = [
-        "Where the unstable and inaccurate cases are (count per dtype and regime, and the worst):",
+        "Where the unstable and inaccurate cases are (count per dtype, regime and quantity, and the worst):",
         _text_table(shown),
     ]
     if len(shown) < len(table):
@@ -174,9 +181,7 @@ def check_text(
     from harness.api import describe_counterexample
 
     records, replay = result.records, str(report_dir)
-    counts = ", ".join(f"{n} {v}" for v, n in result.counts.items() if n)
-    status = "PASSED" if result.passed else "FAILED"
-    lines = [f"{status}: {result.implementation} on {len(records)} cases ({counts}) in {result.seconds:.1f} s"]
+    lines = [result.status_line()]
     shown = result.counterexamples if (verbose or quiet) else result.counterexamples[:FULL_COUNTEREXAMPLES]
     for cx in shown:
         lines += ["", describe_counterexample(cx, replay)]
@@ -205,7 +210,15 @@ def check_text(
         worse = baseline[baseline["regressed"]]
         lines.append(f"Baseline {baseline_file}: {len(worse)} of {len(baseline)} cells regressed")
         if len(worse):
-            columns = ["dtype", "regime", "max_ulps_baseline", "max_ulps", "nonfinite_baseline", "nonfinite"]
+            columns = [
+                "quantity",
+                "dtype",
+                "regime",
+                "max_ulps_baseline",
+                "max_ulps",
+                "nonfinite_baseline",
+                "nonfinite",
+            ]
             lines.append(worse[columns].to_string(index=False))
     if saved_baseline:
         lines.append(f"baseline saved to {saved_baseline}")

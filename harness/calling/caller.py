@@ -37,7 +37,7 @@ import contextlib
 import math
 import pickle
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,7 @@ from harness.calling.protocol import Packer, ProtocolError, storage_bytes, unpac
 from harness.calling.registry import Implementation
 from harness.calling.sandbox import LOAD_TIMEOUT, Death, LoadFailed, Sandbox, Target, WorkerOptions, acquire, release
 from strategies import Case
+from strategies.upstream import upstream_gradients, upstream_scalar
 
 __all__ = [
     "DEFAULT_COMPILE_TIMEOUT",
@@ -77,12 +78,17 @@ _BACKOFF = (8, 16, 32, 64)
 class Backward:
     """A backward step after the call: the gradient of input ``wrt`` (positional index) is returned.
 
-    ``grad_output`` is back-propagated from the output (its shape); None: the output must be
-    a scalar, back-propagated with 1.
+    ``grad_output`` is back-propagated from an output of its shape (per-sample losses);
+    an output of one element that is not of that shape (a reduced loss) is back-propagated
+    with ``grad_scalar``. ``grad_output`` None: every output is back-propagated with
+    ``grad_scalar``. Gradients are taken with torch autograd; an implementation of another
+    framework, or whose output does not require grad, is answered without one (see
+    ``CallResult.grad_message``).
     """
 
     wrt: int = 0
     grad_output: torch.Tensor | None = None
+    grad_scalar: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,10 @@ class CallResult:
     seconds: float  # run time of the calls, compile time excluded
     compile_seconds: float = 0.0  # time the worker reported compiling (torch.compile, JAX)
     grad: torch.Tensor | None = None  # the backward step's gradient, dense, owned
+    # the backward step's failure (an outcome name) when the forward succeeded, else None
+    grad_failure: str | None = None
+    # the backward step's failure, or why there is no gradient ("not differentiable: ...")
+    grad_message: str = ""
     info: Mapping[str, object] = field(default_factory=dict)  # what was returned: type, dtype, device, shape
 
 
@@ -303,7 +313,8 @@ class Caller:
         backward = None
         if request.backward is not None:
             grad = request.backward.grad_output
-            backward = {"wrt": request.backward.wrt, "grad_output": None if grad is None else packer.pack(grad)}
+            backward = {"wrt": request.backward.wrt, "grad_output": None if grad is None else packer.pack(grad),
+                        "grad_scalar": float(request.backward.grad_scalar)}  # fmt: skip
         names = list(request.names) + [f"argument {i}" for i in range(len(request.names), len(request.args))]
         return {
             "op": "call", "args": args, "kwargs": kwargs, "names": names[: len(args)],
@@ -372,6 +383,7 @@ class Caller:
         arena = sandbox.arena
         output = unpack_tensor(header["output"], buffers, arena) if header.get("output") else None
         grad = unpack_tensor(header["grad"], buffers, arena) if header.get("grad") else None
+        grad_failure, grad_message = header.get("grad_failure"), str(header.get("grad_message") or "")
         info = header.get("info") or {}
         notes = "; ".join(info.get("notes") or [])
         message = f"output: {notes}" if notes else ""
@@ -395,24 +407,35 @@ class Caller:
             same_info = {k: v for k, v in (again.get("info") or {}).items() if k != "notes"} == {
                 k: v for k, v in info.items() if k != "notes"
             }
-            if not (same_info and _same_bits(output, other) and _same_bits(grad, other_grad)):
+            if not (same_info and _same_bits(output, other)):
                 return CallResult(None, "nondeterministic", "a second call on the same input answered differently",
                                   seconds, compiled)  # fmt: skip
-        return CallResult(output, None, message, seconds, compiled, grad=grad, info=info)
+            if grad_failure is None and (not _same_bits(grad, other_grad) or again.get("grad_failure")):
+                grad, grad_failure = None, "nondeterministic"
+                grad_message = "a second backward on the same input answered differently"
+        return CallResult(output, None, message, seconds, compiled, grad=grad, info=info, grad_failure=grad_failure,
+                          grad_message=grad_message)  # fmt: skip
 
-    def call(self, impl: Implementation, case: Case) -> CallResult:
+    def call(self, impl: Implementation, case: Case, *, gradients: bool = False) -> CallResult:
         """``impl`` on the case, as its contract says, checked: the owned output, or a failure outcome.
 
         cross_entropy: ``fn(logits, targets, **options)`` (targets: class indices, with the
         ignored samples' set to ignore_index, or probability targets); the softmax family:
-        ``fn(logits)``. See ``request_for`` and ``expected_shapes``.
+        ``fn(logits)``. See ``request_for`` and ``expected_shapes``. ``gradients``: a
+        cross-entropy output is back-propagated with the case's upstream gradients
+        (strategies.upstream) and ``grad`` holds the gradient with respect to the logits.
         """
-        result = self.invoke(impl, request_for(impl, case, repeat=2 if self.repeat else 1))
+        request = request_for(impl, case, repeat=2 if self.repeat else 1, gradients=gradients)
+        result = self.invoke(impl, request)
         if result.failure:
             return result
         problem = self._validate(result, impl, case)
         if problem:
             return CallResult(None, "bad_output", problem, result.seconds, result.compile_seconds, info=result.info)
+        if result.grad is not None and tuple(result.grad.shape) != tuple(case.logits.shape):
+            shape, wanted = tuple(result.grad.shape), tuple(case.logits.shape)
+            message = f"the gradient has shape {shape}, expected {wanted}"
+            return replace(result, grad=None, grad_failure="bad_output", grad_message=message)
         return result
 
     def _validate(self, result: CallResult, impl: Implementation, case: Case) -> str | None:
@@ -438,8 +461,12 @@ class Caller:
 _FLOAT_DTYPES = ("torch.float16", "torch.bfloat16", "torch.float32", "torch.float64")
 
 
-def request_for(impl: Implementation, case: Case, repeat: int = 2) -> Request:
-    """The call of ``impl`` on ``case``: positional logits (and targets), options by keyword."""
+def request_for(impl: Implementation, case: Case, repeat: int = 2, *, gradients: bool = False) -> Request:
+    """The call of ``impl`` on ``case``: positional logits (and targets), options by keyword.
+
+    ``gradients``: a cross-entropy call gets a backward step with respect to the logits,
+    with the case's upstream gradients (``strategies.upstream``) in the logits' dtype.
+    """
     if impl.op != "cross_entropy":
         return Request((case.logits,), names=("logits",), repeat=repeat, key=compile_key(case))
     contract = case.contract.restricted(impl.options) if case.contract is not None else None
@@ -448,8 +475,11 @@ def request_for(impl: Implementation, case: Case, repeat: int = 2) -> Request:
     else:
         targets = contract.probs if contract.probs is not None else contract.targets_for(case.targets)
         kwargs = contract.kwargs(case.dtype)
+    backward = None
+    if gradients:
+        backward = Backward(0, upstream_gradients(case).to(case.dtype), upstream_scalar(case))
     return Request((case.logits, targets), kwargs=kwargs, names=("logits", "targets"), repeat=repeat,
-                   key=compile_key(case))  # fmt: skip
+                   backward=backward, key=compile_key(case))  # fmt: skip
 
 
 def expected_shapes(impl: Implementation, case: Case) -> tuple[tuple[int, ...], ...]:

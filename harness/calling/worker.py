@@ -389,9 +389,57 @@ class _Inputs:
         return None
 
 
+def _forward(fn, fw, used: list[torch.Tensor], n_args: int, tensor_kwargs: dict, plain_kwargs: dict, dtype):
+    with fw.scope(dtype):
+        converted = fw.inputs(used, dtype)
+        args = converted[:n_args]
+        kwargs = dict(zip(tensor_kwargs, converted[n_args:]))
+        value = fn(*args, **kwargs, **plain_kwargs)
+        return read_output(value)  # JAX computes here
+
+
+def _watch(used: list[torch.Tensor], wrt: int) -> torch.Tensor:
+    """Make input ``wrt`` a leaf that requires grad, in its exact layout; returns the view the call gets."""
+    watched = used[wrt]
+    if not watched.dtype.is_floating_point:
+        raise TypeError(f"cannot differentiate with respect to a {watched.dtype} input")
+    base = watched.detach().as_strided((storage_extent(watched),), (1,), 0).requires_grad_(True)
+    watched = base.as_strided(watched.shape, watched.stride(), watched.storage_offset())
+    used[wrt] = watched
+    return watched
+
+
+def _backward(value, watched: torch.Tensor, backward: dict, grad_output: torch.Tensor | None, name: str):
+    """(gradient or None, failure outcome or None, message): the backward step of one call.
+
+    No gradient and no failure: the output is not differentiable with torch autograd.
+    """
+    if not isinstance(value, torch.Tensor) or not value.requires_grad:
+        return None, None, f"not differentiable: the output does not require grad with respect to {name}"
+    if grad_output is not None and tuple(value.shape) == tuple(grad_output.shape):
+        upstream = grad_output.to(dtype=value.dtype, device=value.device)
+    elif value.numel() == 1:
+        upstream = torch.full_like(value.detach(), float(backward.get("grad_scalar", 1.0)))
+    else:
+        return None, None, ""  # a wrong shape: the forward's check reports it
+    try:
+        (grad,) = torch.autograd.grad(value, watched, grad_outputs=upstream, allow_unused=True)
+    except SystemExit as exc:
+        return None, "crashed", f"the backward called sys.exit({exc.code!r})"
+    except BaseException as exc:
+        return None, "raised", f"the backward raised {describe_exception(exc)}"
+    if grad is None:
+        return None, None, f"not differentiable: the output does not depend on {name} through autograd"
+    return grad, None, ""
+
+
 def _call(fn, request: dict, buffers, arena: Arena, channel: _Channel, compiles: _Compiles, state: dict) -> _Inputs:
     """Serve one call request: up to ``repeat`` calls, one reply each, stopping at the first failure.
 
+    With a backward step, the input ``wrt`` requires grad and the output is back-propagated
+    (``Backward`` in harness.calling.caller): a failed backward is reported beside the
+    forward's output (``grad_failure``), and a forward that fails only because its input
+    requires grad is run again without, and answered as not differentiable.
     Returns the request's inputs, to be released once the request is answered.
     """
     device = torch.device(request.get("device", "cpu"))
@@ -412,34 +460,30 @@ def _call(fn, request: dict, buffers, arena: Arena, channel: _Channel, compiles:
         compiles.hook()
         compiles.seconds = 0.0
         used = inputs.fresh()
-        grad = None
+        grad, grad_failure, grad_message = None, None, ""
         start = _perf_counter()
         try:
             watched = None
-            if backward is not None:
-                if fw.name != "torch":
-                    raise NotImplementedError(f"a backward step needs a torch implementation, not {fw.name}")
-                watched = used[int(backward.get("wrt", 0))]
-                if not watched.dtype.is_floating_point:
-                    raise TypeError(f"cannot differentiate with respect to a {watched.dtype} input")
-                base = watched.detach().as_strided((storage_extent(watched),), (1,), 0).requires_grad_(True)
-                watched = base.as_strided(watched.shape, watched.stride(), watched.storage_offset())
-                used[int(backward.get("wrt", 0))] = watched
-            with fw.scope(dtype):
-                converted = fw.inputs(used, dtype)
-                args = converted[:n_args]
-                kwargs = dict(zip(tensor_kwargs, converted[n_args:]))
-                value = fn(*args, **kwargs, **plain_kwargs)
-                value = read_output(value)  # JAX computes here
-            if backward is not None:
-                if not isinstance(value, torch.Tensor) or not value.requires_grad:
-                    seconds = _perf_counter() - start - compiles.seconds
-                    channel.send({"kind": "result", "call": index, "ok": False, "failure": "bad_output",
-                                  "message": "the output does not depend differentiably on the input "
-                                  f"{inputs.names[int(backward.get('wrt', 0))]} (it does not require grad)",
-                                  "seconds": seconds, "compile_seconds": compiles.seconds})  # fmt: skip
-                    return inputs
-                (grad,) = torch.autograd.grad(value, watched, grad_outputs=grad_output)
+            if backward is not None and fw.name == "torch":
+                wrt = int(backward.get("wrt", 0))
+                watched = _watch(used, wrt)
+            elif backward is not None:
+                grad_message = (
+                    f"not differentiable: a {fw.name} implementation (gradients are taken with torch autograd)"
+                )
+            try:
+                value = _forward(fn, fw, used, n_args, tensor_kwargs, plain_kwargs, dtype)
+            except (NotAnArray, SystemExit):
+                raise
+            except BaseException as exc:
+                if watched is None or isinstance(exc, KeyboardInterrupt):
+                    raise
+                # it may only refuse inputs that require grad (a .numpy() call): try again without
+                used, watched = inputs.fresh(), None
+                value = _forward(fn, fw, used, n_args, tensor_kwargs, plain_kwargs, dtype)
+                grad_message = f"not differentiable: with logits that require grad it raised {describe_exception(exc)}"
+            if watched is not None:
+                grad, grad_failure, grad_message = _backward(value, watched, backward, grad_output, names[wrt])
         except SystemExit as exc:
             seconds = _perf_counter() - start - compiles.seconds
             channel.send({"kind": "result", "call": index, "ok": False, "failure": "crashed",
@@ -471,7 +515,8 @@ def _call(fn, request: dict, buffers, arena: Arena, channel: _Channel, compiles:
             return inputs
         packer.buffers = []
         reply = {"kind": "result", "call": index, "ok": True, "seconds": seconds, "compile_seconds": compiles.seconds,
-                 "info": info, "output": None if dense is None else packer.pack(dense, exact_layout=False)}  # fmt: skip
+                 "info": info, "output": None if dense is None else packer.pack(dense, exact_layout=False),
+                 "grad_failure": grad_failure, "grad_message": grad_message}  # fmt: skip
         if grad is not None:
             reply["grad"] = packer.pack(grad.detach(), exact_layout=False)
         channel.send(reply, packer.buffers)

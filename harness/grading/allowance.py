@@ -176,8 +176,9 @@ def gradient_allowance(
     g' ((K + 2 z lse) p_j − coef_j) then errs by at most g' times: the softmax element's
     error Δp_j = p_j (u_w (A_j + 3) + n u_acc) (BHH Thm 4.3) scaled by its factor, the
     subtraction of coef_j (u_w of both terms), z-loss's e(lse) p_j and the capped logits'
-    4 u_w c, and the products' roundings; rounding to the output adds u_out |grad|, and an
-    underflowing element may flush to its nearest subnormal. ``factors``: each row's
+    4 u_w c, and the products' roundings; a p_j that underflows the working precision
+    errs by its smallest subnormal sub_w in absolute terms (scaled by g'); rounding to the
+    output adds u_out |grad|, and an underflowing element may flush to its nearest subnormal. ``factors``: each row's
     upstream factor g'_i (0 for ignored samples).
     """
     n_rows, n = rows.shape
@@ -226,5 +227,8 @@ def gradient_allowance(
         err = s * (err + 4 * u_w * grad.abs() + 8 * u_w * options.softcap * p * (k + zl.abs()))
         grad = s * grad
     up = torch.as_tensor(np.abs(factors), dtype=torch.float64).unsqueeze(1)
-    total = SAFETY * up * err * (1 + 2 * u_w) + u_out * (up * grad).abs() + fmt_out.smallest_subnormal
+    # an underflowing p_j is off by up to the working precision's smallest subnormal (absolute)
+    # before the product with g': float32's 2**-149, float64's 2**-1074
+    sub_w = 2.0**-1074 if u_w < ACCUMULATOR_ROUNDOFF else 2.0**-149
+    total = SAFETY * up * (err * (1 + 2 * u_w) + sub_w) + u_out * (up * grad).abs() + fmt_out.smallest_subnormal
     return total.numpy()

@@ -22,9 +22,10 @@ import torch
 
 from harness import oracle
 from harness.formats import FORMATS, Format
-from harness.grading.allowance import family_allowance, loss_allowance, reduction_allowance
+from harness.grading.allowance import family_allowance, gradient_allowance, loss_allowance, reduction_allowance
 from harness.grading.verdicts import allowance
 from harness.oracle.family import OracleArray, family
+from harness.oracle.gradient import gradient
 from harness.oracle.losses import loss_values, reduced_value
 from harness.oracle.options import LossOptions
 from strategies import Case
@@ -114,6 +115,50 @@ class Expectations:
             special = np.repeat(special, columns)
             self._cache[key] = Expected(values, allowed.reshape(-1), special, None, "none", columns)
         return self._cache[key]
+
+    def gradient(self, contract: Contract | None, reduction: str, upstream: torch.Tensor, fmt_out: Format) -> Expected:
+        """The gradient of the back-propagated loss with respect to the logits, per element, in ``fmt_out``.
+
+        ``upstream``: the upstream gradients the output was back-propagated with, as the
+        implementation received them (float64): per sample (the targets' shape) for
+        reduction "none", one value for "sum" and "mean". Rows are those of
+        ``Case.row_logits`` (N·d1·…·dk rows of C for K-dimensional cases); elements are
+        numbered row-major. The allowance is harness.grading.allowance.gradient_allowance.
+        """
+        up = upstream.detach().to(device="cpu", dtype=torch.float64).reshape(-1)
+        key = ("grad", _key(contract), reduction, up.numpy().tobytes(), fmt_out.name)
+        if key not in self._cache:
+            self._cache[key] = self._gradient(contract, reduction, up, fmt_out)
+        return self._cache[key]
+
+    def _gradient(self, contract: Contract | None, reduction: str, up: torch.Tensor, fmt_out: Format) -> Expected:
+        rows, targets = self.case.row_logits, self._row_targets(contract)
+        probs = contract.probs if contract is not None else None
+        options = LossOptions(**{**_fields(_per_sample_options(contract)), "reduction": reduction})
+        n_rows, n = rows.shape
+        upstream = up if reduction == "none" else up[0]
+        values: OracleArray = self._timed(lambda: gradient(rows, targets, probs, options, upstream, fmt_out))
+        live = np.ones(n_rows, dtype=bool) if targets is None else (targets != options.ignore_index).numpy()
+        if reduction == "none":
+            factors = up.numpy().copy()
+        elif reduction == "sum":
+            factors = np.full(n_rows, float(up[0]))
+        else:
+            if probs is not None:
+                denominator = float(n_rows)
+            else:
+                weights = options.class_weights(n)
+                denominator = math.fsum(weights[t] for t in targets[torch.from_numpy(live)].tolist())
+            factors = np.full(n_rows, float(up[0]) / denominator if denominator else math.inf)
+        factors = np.where(live, factors, 0.0)
+        with np.errstate(invalid="ignore", over="ignore"):
+            allowed = gradient_allowance(rows, targets, probs, options, factors, self.case.format, fmt_out)
+        special_rows = _special_rows(rows, options.softcap) & live
+        # a zero upstream times a NaN row: the oracle's 0 or the NaN of 0 · NaN (the forward is NaN there)
+        zero_times_nan = special_rows & (factors == 0)
+        special = np.repeat(special_rows & ~zero_times_nan, n)
+        accept = np.repeat(zero_times_nan, n) if zero_times_nan.any() else None
+        return Expected(values, np.nan_to_num(allowed, nan=math.inf).reshape(-1), special, accept, reduction, n)
 
     def _loss(self, contract: Contract | None, reduction: str, fmt_out: Format) -> Expected:
         case, fmt_in = self.case, self.case.format
