@@ -194,6 +194,18 @@ def _run_bench(rows: int, classes: int, repeats: int) -> str:
     lines.append(f"audit of one case      {whole * 1e3:9.1f} ms   three built-ins alone       {alone * 1e3:7.1f} ms"
                  f"   ratio {whole / alone:6.1f}x  (goal <= 20x)")  # fmt: skip
 
+    # issue 15: a case graded with its gradient (backward step, gradient oracle, allowance) against the loss alone
+    torch_impl = [REGISTRY.get("torch")]
+    for label, graded in (("float32", case), ("bfloat16", Case(logits.bfloat16(), targets, "large_vocab"))):
+        with Caller() as caller:
+            loss_only, with_grad = _best_of_pair(
+                lambda graded=graded: run_case(graded, torch_impl, caller=caller),
+                lambda graded=graded: run_case(graded, torch_impl, caller=caller, quantities=("loss", "grad")),
+                repeats,
+            )
+        lines.append(f"loss + gradient {label:<8s}{with_grad * 1e3:7.1f} ms   loss only (torch, one case)  "
+                     f"{loss_only * 1e3:7.1f} ms   ratio {with_grad / loss_only:6.1f}x  (goal <= 4x)")  # fmt: skip
+
     row = (torch.randn(2048, generator=generator, dtype=torch.float64) * 3).tolist()
     fmt64 = FORMATS["float64"]
     # a few milliseconds each: more repeats cost little and steady the ratio

@@ -30,8 +30,8 @@ def _impl(name: str):
 
 def _case(dtype=torch.float32, logits=None, targets=None) -> Case:
     x = torch.tensor([[1.0, 2.0, -3.0, 9.0], [0.5, -math.inf, 3.0, 0.0], [20.0, 0.0, 0.0, 0.0]])
-    return Case((x if logits is None else logits).to(dtype), targets if targets is not None else torch.tensor([3, 2, 0]),
-                "moderate")  # fmt: skip
+    targets = torch.tensor([3, 2, 0]) if targets is None else targets
+    return Case((x if logits is None else logits).to(dtype), targets, "moderate")
 
 
 # -- upstream gradients --------------------------------------------------------------------------
@@ -178,3 +178,29 @@ def test_cli_grad_flags_replay_baseline_and_export(tmp_path, capsys):
         reproducer_source(case, failing.to_dict(), _impl("upcast"))
     html = (out / "report.html").read_text()
     assert "(gradient)" in html
+
+
+def test_a_zero_upstream_on_a_nan_row_accepts_zero_and_nan():
+    """The forward is NaN there, so NaN (0 · NaN, torch's autograd) is "NaN only where the forward is NaN"."""
+    from harness.formats import FORMATS
+    from harness.grading.expected import Expectations
+    from harness.grading.metrics import measure
+
+    inf = math.inf
+    case = _case(torch.float32, torch.tensor([[inf, 1.0, 0.0], [math.nan, 1.0, 0.0], [2.0, 1.0, 0.0]]),
+                 torch.tensor([0, 2, 1]))  # fmt: skip
+    up = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    expected = Expectations(case).gradient(None, "none", up, FORMATS["float32"])
+    x = case.logits.clone().requires_grad_(True)
+    loss = torch.nn.functional.cross_entropy(x, case.targets, reduction="none")
+    (nan_grad,) = torch.autograd.grad(loss, x, up.float())
+    assert torch.isnan(nan_grad[:2]).all()
+    for grad in (nan_grad, torch.nan_to_num(nan_grad, nan=0.0)):
+        metrics = measure(grad, expected.values, torch.float32, allowed=expected.allowed,
+                          special_input=expected.special, accept_nonfinite=expected.accept_nonfinite)  # fmt: skip
+        assert metrics["verdict"] in ("ok", "inaccurate"), metrics
+    (real,) = torch.autograd.grad(torch.nn.functional.cross_entropy(x, case.targets, reduction="none"), x,
+                                  torch.ones(3))  # fmt: skip
+    metrics = measure(real, Expectations(case).gradient(None, "none", torch.ones(3, dtype=torch.float64),
+                      FORMATS["float32"]).values, torch.float32)  # fmt: skip
+    assert torch.isnan(real[:2]).all() and metrics["outcome"] != "spurious_nan"
