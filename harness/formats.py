@@ -123,8 +123,12 @@ def round_scaled(man: int, exp: int, fmt: Format, *, sticky: bool = False) -> fl
     if man == 0:
         return 0.0
     top = exp + man.bit_length() - 1  # exponent of the leading bit
+    if top > 1024:  # at least 2**1025: beyond every format's range
+        return math.inf
     quantum = max(top, fmt.emin) - fmt.precision + 1
     shift = quantum - exp
+    if shift > man.bit_length():  # below half the quantum: 0 (and 1 << shift could take gigabytes)
+        return 0.0
     if shift <= 0:
         kept = man << -shift
     else:

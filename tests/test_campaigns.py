@@ -15,8 +15,9 @@ from harness.campaign.settings import SettingsError
 from harness.cli import main
 from harness.runner import TIMING_COLUMNS
 
+# three regimes of two dtypes: six cells, enough for shards, pools and clusters to split
 SMALL = ["--dtype", "float32", "--dtype", "bfloat16", "--examples", "3", "--max-classes", "64", "--quiet",
-         "--shrink-seconds", "0"]  # fmt: skip
+         "--shrink-seconds", "0", "--regime", "moderate", "--regime", "huge", "--regime", "masked"]  # fmt: skip
 TIMING = list(TIMING_COLUMNS)
 
 

@@ -82,7 +82,7 @@ def test_counterexample_replays_from_the_check_report(tmp_path, capsys):
     case_id = capsys.readouterr().out.split("replay: python -m harness replay ")[1].split()[1]
     assert main(["replay", str(out), case_id]) == 0
     shown = capsys.readouterr().out
-    assert "naive:" in shown and "[same bits as recorded]" in shown and "DIFFERS" not in shown
+    assert "naive (cross_entropy" in shown and "[same bits as recorded]" in shown and "DIFFERS" not in shown
 
 
 def test_baselines_save_compare_and_reject_bad_files(tmp_path, capsys):

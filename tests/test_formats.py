@@ -115,3 +115,15 @@ def test_bit_pattern_and_parsing():
     with pytest.raises(ValueError, match="unsupported dtype"):
         format_of(torch.int32)
     assert np.isfinite(FP16.exp_overflow)
+
+
+@pytest.mark.parametrize("name", list(FORMATS))
+def test_round_scaled_with_astronomical_exponents_is_instant(name):
+    """e**-1e9 (an MPFR enclosure of a far-off softmax term) rounds to 0, e**1e9 to inf, without
+    building a 2**(10**9) integer (it once took a gigabyte and seconds per element)."""
+    fmt = FORMATS[name]
+    assert round_scaled(3, -(10**9), fmt) == 0.0 and round_scaled(3, -(10**9), fmt, sticky=True) == 0.0
+    assert round_scaled(3, 10**9, fmt) == math.inf
+    tiny = fmt.smallest_subnormal
+    assert round_scaled(1, int(math.log2(tiny)) - 1, fmt) == 0.0  # half the smallest subnormal: ties to even
+    assert round_scaled(1, int(math.log2(tiny)) - 1, fmt, sticky=True) == tiny

@@ -314,3 +314,15 @@ def test_float64_softmax_elements_below_the_subnormals_are_zero_without_mpfr():
     assert set(out.method[0, 1:301]) == {"float64"}  # decided before the per-element tiers
     reference = mpmath.exp(-700) / (1 + 300 * mpmath.exp(-800) + mpmath.exp(-700))
     assert out.value[0, -1] == float(reference) and out.value[0, 0] == 1.0
+
+
+def test_a_family_value_an_astronomically_small_amount_past_a_rounding_midpoint_is_decided():
+    """log_softmax of [4096, −16] at −16 is −(4112 + log1p(e**−4112)): 4112 is the midpoint of
+    bfloat16's 4096 and 4128, and e**−4112 ≈ 2**−5932 lies beyond every precision the
+    enclosures reach. The value is irrational, so strictly past the midpoint: −4128."""
+    from harness.oracle.family import family
+
+    x = torch.tensor([[4096.0, -16.0]], dtype=torch.bfloat16)
+    out = family("log_softmax", x, FORMATS["bfloat16"])
+    assert out.certified.all() and out.value.tolist() == [[-0.0, -4128.0]]
+    assert math.copysign(1.0, out.value[0, 0]) == -1.0  # −log1p(e**−4112) < 0 rounds to −0

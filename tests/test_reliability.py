@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
         ("raises", "raised", "RuntimeError: kernel exploded"),
         ("returns_list", "bad_output", "not a tensor"),
         ("wrong_shape", "bad_output", "shape (2, 2)"),
-        ("wrong_dtype", "bad_output", "dtype torch.float64"),
+        ("wrong_dtype", "bad_output", "dtype torch.int64"),
         ("wrong_device", "bad_output", "meta"),
         ("mutates_input", "mutated_input", "in place"),
         ("nondeterministic", "nondeterministic", "differently"),

@@ -51,7 +51,8 @@ def test_verbose_check_prints_every_counterexample_and_the_torch_comparison(tmp_
 @pytest.fixture(scope="module")
 def audit_outputs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("audit-text")
-    args = ["audit", "--examples", "3", "--max-classes", "64", "--shrink-seconds", "2", "--out", str(folder)]
+    args = ["audit", "--examples", "3", "--max-classes", "64", "--shrink-seconds", "2", "--out", str(folder),
+            "--regime", "moderate", "--regime", "huge", "--regime", "masked"]  # fmt: skip
     outputs = {}
     for name, extra in (("default", []), ("verbose", ["--verbose"])):
         buffer = io.StringIO()

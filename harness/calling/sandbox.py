@@ -57,7 +57,7 @@ __all__ = [
 HARNESS_ROOT = str(Path(__file__).resolve().parents[2])  # the folder that holds the harness package
 LOAD_TIMEOUT = 120.0  # seconds for a worker to start and import its implementation
 MEMORY_POLL = 0.05  # seconds between two looks at a running worker's resident memory
-MAX_PARKED = 4  # idle loaded workers kept for reuse (each holds torch: about 230 MB)
+MAX_PARKED = 12  # idle loaded workers kept for reuse (each holds torch: about 230 MB); the default audit has 9
 # Implementations run single-threaded on the CPU unless OMP_NUM_THREADS says otherwise: a
 # reduction's rounding then does not depend on the machine's core count, and a call never
 # waits for OpenMP threads to wake (milliseconds per parallel region on a busy machine).

@@ -29,7 +29,7 @@ from harness.formats import FORMATS, Format
 from harness.oracle.dd_elements import family_dd
 from harness.oracle.dd_tier import METHOD, PRECISION
 from harness.oracle.fast_tier import LIBM_ULPS, TINY, U, _neighbours
-from harness.oracle.intervals import round_mpfr
+from harness.oracle.intervals import round_mpfr, round_mpfr_inside
 from harness.oracle.mpfr_tier import START_GUARD_BITS, _exp_sum_bounds
 from harness.oracle.value import MAX_PRECISION
 
@@ -244,7 +244,10 @@ def _mpfr_row(row: np.ndarray, op: str, fmt: Format, out: OracleArray, index: in
                 out.set(target, value, value, True, 0, "special")
                 continue
             sign = -1.0 if op == "log_softmax" else 1.0
-            lo, hi = round_mpfr(bounds[0], fmt), round_mpfr(bounds[1], fmt)
+            if bounds[0] == bounds[1]:
+                lo = hi = round_mpfr(bounds[0], fmt)
+            else:  # the value is irrational, so strictly inside: a tie at an end breaks its way
+                lo, hi = round_mpfr_inside(bounds[0], fmt, +1), round_mpfr_inside(bounds[1], fmt, -1)
             if lo == hi or prec >= MAX_PRECISION:
                 method = "exact" if bounds[0] == bounds[1] else "mpmath"
                 out.set(target, sign * lo, sign * round_mpfr(bounds[0], _F64), lo == hi, prec, method)

@@ -92,6 +92,25 @@ def round_mpfr(x: gmpy2.mpfr, fmt: Format) -> float:
     return round_scaled(man, exp, fmt)
 
 
+def round_mpfr_inside(x: gmpy2.mpfr, fmt: Format, side: int) -> float:
+    """``round_mpfr`` of a value strictly above (``side`` +1) or below (−1) x, closer to x than any MPFR number.
+
+    For an enclosure [lo, hi] of a value known to be strictly inside (an irrational one,
+    such as log1p of a positive sum of exponentials of dyadic numbers, by
+    Lindemann–Weierstrass): a tie at an end is then broken the way the value lies, so a
+    value an astronomically small amount above a rounding midpoint is still decided.
+    """
+    if gmpy2.is_nan(x) or gmpy2.is_infinite(x):
+        return round_mpfr(x, fmt)
+    if x == 0:
+        return 0.0 if side > 0 else -0.0  # just above 0 rounds to +0, just below to −0
+    man, exp = x.as_mantissa_exp()
+    man, exp = 4 * int(man) + side, int(exp) - 2  # x ± a quarter of its last place
+    if man < 0:
+        return -round_scaled(-man, exp, fmt)
+    return round_scaled(man, exp, fmt)
+
+
 def rounds_to(interval: Interval, fmt: Format) -> float | None:
     """The value both ends of a closed interval round to in fmt, or None when they differ."""
     lo, hi = round_mpfr(interval[0], fmt), round_mpfr(interval[1], fmt)
