@@ -132,7 +132,8 @@ def test_layout_regime_catches_a_layout_bug_and_spares_torch():
     (cx,) = broken.counterexamples
     assert cx.case.logits.ndim >= 3 and cx.case.targets.shape == (cx.case.logits.shape[0], *cx.case.logits.shape[2:])
     sound_torch = harness.check(sound.torch_ce, dtypes=["float32"], regimes=["layout"], examples=10)
-    assert sound_torch.passed and len(sound_torch.records) == 10
+    assert sound_torch.passed and sound_torch.cases == 10  # the gradient of each (N, C, d1, ...) case too
+    assert sorted(sound_torch.records["quantity"].value_counts().items()) == [("grad", 10), ("loss", 10)]
 
 
 def test_layout_regime_needs_a_k_dimensional_implementation():
@@ -197,7 +198,8 @@ def test_contiguous_only_implementations_get_no_strided_case(tmp_path, capsys):
 
 
 def test_every_run_prints_what_its_cases_reached(capsys):
-    result = harness.check(sound.torch_ce, dtypes=["bfloat16"], regimes=["tiled", "batch", "moderate"], examples=6)
+    result = harness.check(sound.torch_ce, dtypes=["bfloat16"], regimes=["tiled", "batch", "moderate"], examples=6,
+                           grad=False)  # torch's bfloat16 backward fails a cell early: fewer cases  # fmt: skip
     line = result.describe().splitlines()[1]
     assert line.startswith("coverage: ") and "cases had more than 4,096 classes" in line
     from reports.stats import coverage

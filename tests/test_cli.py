@@ -126,7 +126,7 @@ def test_a_run_that_grades_nothing_never_passes(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(harness.grading.expected, "loss_values", undecided)
     assert main(["check", "torch", "--dtype", "float32", "--regime", "moderate", "--examples", "2", "--quiet",
-                 "--out", str(tmp_path / "c")]) == 3  # fmt: skip
+                 "--no-grad", "--out", str(tmp_path / "c")]) == 3  # fmt: skip
     captured = capsys.readouterr()
     assert "FAILED" in captured.out and "no case was graded" in captured.out + captured.err
     # cross entropy only: the softmax family's oracle would still grade its records

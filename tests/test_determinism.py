@@ -18,7 +18,9 @@ import pytest
 from harness.runner import TIMING_COLUMNS
 
 TIMING = list(TIMING_COLUMNS)
-BUDGET = {"dtypes": ["bfloat16"], "regimes": ["moderate", "ties", "offset", "tiny"], "examples": 12, "seed": 0}
+# the loss only: the seed notebook's stable version computes its backward in bfloat16 (flagged, issue 15)
+BUDGET = {"dtypes": ["bfloat16"], "regimes": ["moderate", "ties", "offset", "tiny"], "examples": 12, "seed": 0,
+          "grad": False}  # fmt: skip
 CONSTANTS = """
 # Constants of every kind Hypothesis collects from local modules.
 LIMIT = 1500
@@ -37,7 +39,7 @@ def _run(code: str, cwd: Path) -> None:
 
 def _records(path: Path) -> pd.DataFrame:
     frame = pd.read_csv(path, dtype={"output_bits": str}).drop(columns=TIMING)
-    return frame.sort_values(["impl", "case_id"], kind="stable").reset_index(drop=True)
+    return frame.sort_values(["impl", "case_id", "quantity"], kind="stable").reset_index(drop=True)
 
 
 def _api_records(tmp_path: Path, name: str, with_constants: bool) -> pd.DataFrame:
@@ -72,7 +74,7 @@ def test_unrelated_constants_do_not_change_the_cases(plain, tmp_path):
 
 def test_cli_and_api_draw_the_same_cases(plain, tmp_path):
     args = ["check", "stable", "--dtype", "bfloat16", "--examples", str(BUDGET["examples"]), "--seed", "0",
-            "--out", str(tmp_path / "cli"), "--quiet"]  # fmt: skip
+            "--out", str(tmp_path / "cli"), "--quiet", "--no-grad"]  # fmt: skip
     for regime in BUDGET["regimes"]:
         args += ["--regime", regime]
     done = subprocess.run([sys.executable, "-m", "harness", *args], cwd=tmp_path, capture_output=True, text=True)

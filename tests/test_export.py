@@ -151,7 +151,7 @@ def test_nan_payloads_and_signed_zeros_survive_export(tmp_path):
 def test_check_and_audit_export_tests(tmp_path):
     from harness.cli import main
 
-    assert main(["check", "naive", "--dtype", "float32", "--regime", "huge", "--examples", "5", "--quiet",
+    assert main(["check", "naive", "--dtype", "float32", "--regime", "huge", "--examples", "5", "--quiet", "--no-grad",
                  "--out", str(tmp_path / "c"), "--export-tests", str(tmp_path / "ct")]) == 1  # fmt: skip
     assert len(list((tmp_path / "ct").glob("test_naive_*.py"))) == 1
     assert main(["audit", "--impl", "naive", "--dtype", "float16", "--regime", "huge", "--regime", "offset",

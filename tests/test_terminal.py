@@ -17,7 +17,8 @@ FAILING = ["--dtype", "float32", "--dtype", "float16", "--regime", "huge", "--re
 
 
 def test_a_passing_check_prints_one_line_per_dtype_and_the_report(tmp_path, capsys):
-    assert main(["check", "tests.implementations.sound:torch_ce", *SMALL, "--out", str(tmp_path)]) == 0
+    # the loss only: torch's own float16 backward is flagged (README "Gradients")
+    assert main(["check", "tests.implementations.sound:torch_ce", *SMALL, "--no-grad", "--out", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("PASSED: ") and lines[-1] == f"report: {tmp_path / 'report.html'}"
     assert lines[-2].startswith("coverage: 0 of 16 cases had more than 4,096 classes")
@@ -27,15 +28,24 @@ def test_a_passing_check_prints_one_line_per_dtype_and_the_report(tmp_path, caps
         assert "ok" in line and "unstable" in line and "worst" in line and line.rstrip().endswith(" s")
 
 
+def test_a_passing_check_with_gradients_prints_a_loss_and_a_gradient_line_per_dtype(tmp_path, capsys):
+    assert main(["check", "tests.implementations.backward_probes:upcast", *SMALL, "--out", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "loss: " in lines[0] and "gradient: " in lines[0]
+    assert [line.split()[:2] for line in lines[1:-2]] == [
+        ["float16", "loss"], ["float16", "gradient"], ["float32", "loss"], ["float32", "gradient"]
+    ]  # fmt: skip
+
+
 def test_a_failing_check_prints_counterexamples_first_then_where_then_a_hint(tmp_path, capsys):
-    assert main(["check", "naive", *FAILING, "--out", str(tmp_path)]) == 1
+    assert main(["check", "naive", *FAILING, "--no-grad", "--out", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert out.startswith("FAILED: naive")
     first_cx, where = out.index("counterexample "), out.index("Where the unstable")
     hint = out.index("Run with --verbose")
     assert first_cx < where < hint
     table = out[where:].splitlines()[1:]
-    assert table[0].split()[:4] == ["dtype", "regime", "unstable", "inaccurate"]
+    assert table[0].split()[:5] == ["dtype", "regime", "quantity", "unstable", "inaccurate"]
     assert any(line.split()[:2] == ["float16", "huge"] and "spurious" in line for line in table)
     assert out.count("\ncounterexample ") <= 3 and "more counterexamples" in out
     assert "Per regime, against torch" not in out

@@ -153,7 +153,10 @@ class Expectations:
         factors = np.where(live, factors, 0.0)
         with np.errstate(invalid="ignore", over="ignore"):
             allowed = gradient_allowance(rows, targets, probs, options, factors, self.case.format, fmt_out)
-        special_rows = _special_rows(rows, options.softcap) & live
+        special_rows = _special_rows(rows, options.softcap)
+        if options.softcap is None:  # only −inf: the forward is NaN too (−inf − (−inf))
+            special_rows |= torch.isneginf(rows).all(dim=1).numpy()
+        special_rows &= live
         # a zero upstream times a NaN row: the oracle's 0 or the NaN of 0 · NaN (the forward is NaN there)
         zero_times_nan = special_rows & (factors == 0)
         special = np.repeat(special_rows & ~zero_times_nan, n)
