@@ -108,13 +108,14 @@ def test_check_flags_bug_class_on_its_default_budget(bug):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(SOUND))
 def test_check_passes_sound_implementation_on_its_default_budget(name):
-    assert harness.check(getattr(sound, name), dtypes=SOUND[name]).passed
+    # the loss: torch's own 16-bit backward is flagged (README "Gradients"); tests/test_gradient_bug_classes.py
+    assert harness.check(getattr(sound, name), dtypes=SOUND[name], grad=False).passed
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kernel", [f"{v}_{t}" for v in tiled.VARIANTS for t in tiled.TILE_SIZES])
 def test_check_judges_tiled_kernels_on_their_default_budget(kernel):
-    result = harness.check(getattr(tiled, kernel))
+    result = harness.check(getattr(tiled, kernel), grad=False)  # forward kernels; autograd of the loop is slow
     if kernel.startswith("sound"):
         assert result.passed
     else:

@@ -32,8 +32,8 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 def _losses(w: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per-sample lse − x_t of wide logits, max-shifted (NaN for all −inf rows, +inf at a masked target)."""
     m = w.max(dim=1, keepdim=True).values
-    lse = m.squeeze(1) + torch.log(torch.exp(w - m).sum(dim=1))
-    return lse - w[_rows(w), targets]
+    # (m − x_t) + log Σ exp(x − m): the shifted form (lse − x_t loses the bits of m − x_t, pytorch#11752)
+    return (m.squeeze(1) - w[_rows(w), targets]) + torch.log(torch.exp(w - m).sum(dim=1))
 
 
 def _softmax(w: torch.Tensor) -> torch.Tensor:
