@@ -289,14 +289,19 @@ def _check_case(impl: Implementation, reference: Implementation, case: Case, pol
             and not str(record["message"]).startswith("skipped:")
         ):
             found.counterexamples.append(Counterexample(case, record))
-    return _result(impl, reference, policy, found)
+    return _result(impl, reference, policy, found, quantities)
 
 
-def _result(impl: Implementation, reference: Implementation, policy: Policy, found: SearchResult) -> CheckResult:
+def _result(impl: Implementation, reference: Implementation, policy: Policy, found: SearchResult,
+            quantities: tuple[str, ...] = ("loss",)) -> CheckResult:  # fmt: skip
     records = pd.DataFrame(found.records, columns=list(RECORD_COLUMNS))
     mine = records[records["impl"] == impl.name].reset_index(drop=True)
     theirs = records[records["impl"] == reference.name].reset_index(drop=True)
     graded = bool(mine["verdict"].isin(GRADED).any())  # a run that graded nothing never passes
+    if quantities == ("grad",) and impl.op == "cross_entropy":
+        graded = bool(mine.loc[mine["quantity"] == "grad", "verdict"].isin(GRADED).any())
+        if not graded and not found.interrupted and len(mine):
+            found.errors.append(f"grad_only: no gradient was graded ({impl.name}: the forward only)")
     passed = graded and not any(policy.fails(v) for v in mine["verdict"])
     return CheckResult(impl.name, passed, policy, mine, theirs, found.counterexamples, found.errors,
                        found.seconds, found)  # fmt: skip
@@ -447,7 +452,7 @@ def check(
             progress=progress,
             quantities=quantities,
         )
-    return _result(impl, reference, policy, found)
+    return _result(impl, reference, policy, found, quantities)
 
 
 def _quantities(grad: bool, grad_only: bool) -> tuple[str, ...]:

@@ -35,8 +35,9 @@ def by_subject(records: pd.DataFrame) -> pd.DataFrame:
     """
     if "quantity" not in records or not records["quantity"].eq("grad").any():
         return records
-    grad = records["quantity"].eq("grad")
-    return records.assign(impl=records["impl"].where(~grad, records["impl"].astype(str) + " (gradient)"))
+    names = records["impl"].astype(str)
+    grad = records["quantity"].eq("grad") & ~names.str.endswith(" (gradient)")  # idempotent
+    return records.assign(impl=names.where(~grad, names + " (gradient)"))
 
 
 def _with_severity(records: pd.DataFrame) -> pd.DataFrame:

@@ -204,3 +204,23 @@ def test_a_zero_upstream_on_a_nan_row_accepts_zero_and_nan():
     metrics = measure(real, Expectations(case).gradient(None, "none", torch.ones(3, dtype=torch.float64),
                       FORMATS["float32"]).values, torch.float32)  # fmt: skip
     assert torch.isnan(real[:2]).all() and metrics["outcome"] != "spurious_nan"
+
+
+def test_hostile_backwards_are_gradient_failures_or_read():
+    (none,) = run_case(_case(), [_impl("returns_none")], quantities=("grad",))
+    assert none["quantity"] == "grad" and none["outcome"] == "bad_output" and "None" in none["message"]
+    records = run_case(_case(), [_impl("sparse_gradient"), _impl("writes_grad_output")], quantities=("loss", "grad"))
+    assert [r["verdict"] != "unstable" for r in records] == [True] * 4, records
+
+
+def test_a_large_common_offset_does_not_absorb_the_allowance():
+    """1,024 equal logits at −2.49e35: p = 1/1024 each, as at 0 (the allowance once saw p = 1)."""
+    for offset in (0.0, -2.49e35):
+        case = Case(torch.full((1, 1024), offset, dtype=torch.bfloat16), torch.tensor([3]), "ties")
+        (record,) = run_case(case, [_impl("doubles_non_targets")], quantities=("grad",))
+        assert record["verdict"] == "unstable", (offset, record)
+
+
+def test_grad_only_on_an_implementation_that_is_not_differentiable_grades_nothing():
+    result = harness.check(f"{PROBES}:detached", dtypes=["float32"], regimes=["moderate"], examples=2, grad_only=True)
+    assert not result.passed and any("no gradient was graded" in e for e in result.errors)

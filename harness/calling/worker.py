@@ -417,7 +417,7 @@ def _backward(value, watched: torch.Tensor, backward: dict, grad_output: torch.T
     if not isinstance(value, torch.Tensor) or not value.requires_grad:
         return None, None, f"not differentiable: the output does not require grad with respect to {name}"
     if grad_output is not None and tuple(value.shape) == tuple(grad_output.shape):
-        upstream = grad_output.to(dtype=value.dtype, device=value.device)
+        upstream = grad_output.to(dtype=value.dtype, device=value.device, copy=True)  # a backward may write it
     elif value.numel() == 1:
         upstream = torch.full_like(value.detach(), float(backward.get("grad_scalar", 1.0)))
     else:
@@ -428,8 +428,10 @@ def _backward(value, watched: torch.Tensor, backward: dict, grad_output: torch.T
         return None, "crashed", f"the backward called sys.exit({exc.code!r})"
     except BaseException as exc:
         return None, "raised", f"the backward raised {describe_exception(exc)}"
-    if grad is None:
-        return None, None, f"not differentiable: the output does not depend on {name} through autograd"
+    if grad is None:  # the output has a graph, but its backward gave no gradient for the logits
+        return None, "bad_output", f"the backward returned no gradient (None) for {name}"
+    if grad.layout != torch.strided:  # a sparse gradient: read densely, as outputs are
+        grad = grad.to_dense()
     return grad, None, ""
 
 

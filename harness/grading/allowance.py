@@ -58,8 +58,14 @@ def working_roundoff(fmt_in: Format, fmt_out: Format) -> tuple[float, float, flo
 def _shifted(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(A = lse − x per element, lse per row, m per row) in float64; masked classes have A = +inf."""
     x = rows.detach().to(device="cpu", dtype=torch.float64)
-    lse = torch.logsumexp(x, dim=1)
-    return lse.unsqueeze(1) - x, lse, x.max(dim=1).values
+    m = x.max(dim=1).values
+    finite = torch.isfinite(m)
+    # shifted: A = (m − x) + log Σ exp(x − m), so a large common offset cannot absorb log n
+    d = torch.where(finite.unsqueeze(1), m.unsqueeze(1) - x, 0.0)
+    log_s = torch.log(torch.exp(-d).sum(dim=1))
+    lse = torch.where(finite, m + log_s, torch.logsumexp(x, dim=1))
+    a = torch.where(finite.unsqueeze(1), d + log_s.unsqueeze(1), lse.unsqueeze(1) - x)
+    return a, lse, m
 
 
 def _e(a: torch.Tensor, n: int, u_w: float, u_acc: float) -> torch.Tensor:
