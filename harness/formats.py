@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ __all__ = [
     "bit_pattern",
     "format_of",
     "parse_dtype",
+    "round_rational",
     "round_scaled",
     "ulp_distance",
 ]
@@ -139,6 +141,22 @@ def round_scaled(man: int, exp: int, fmt: Format, *, sticky: bool = False) -> fl
             kept += 1
     value = math.ldexp(kept, quantum) if quantum + kept.bit_length() <= 1024 else math.inf
     return math.inf if value > fmt.max_finite else value
+
+
+def round_rational(value: Fraction, fmt: Format) -> float:
+    """Round an exact rational to fmt, to nearest, ties to even (subnormals kept, overflow to ±inf).
+
+    Used where a quantity is rational and may sit exactly on a rounding midpoint (the
+    gradient of tied logits, 1/n times dyadic factors), which no interval enclosure decides.
+    """
+    if value == 0:
+        return 0.0
+    sign = -1.0 if value < 0 else 1.0
+    num, den = abs(value.numerator), value.denominator
+    top = num.bit_length() - den.bit_length()  # the leading bit's exponent, within 1
+    exp = max(top, fmt.emin) - fmt.precision - 3  # at least two bits below the quantum
+    scaled, rest = divmod(num << -exp, den) if exp < 0 else divmod(num, den << exp)
+    return sign * round_scaled(scaled, exp, fmt, sticky=rest != 0)
 
 
 def bit_pattern(value: torch.Tensor) -> str:

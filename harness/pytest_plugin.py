@@ -7,7 +7,8 @@
 Command-line options set the default budget for every call:
 ``--ce-profile``, ``--ce-examples``, ``--ce-seed``, ``--ce-max-classes``; and how the
 implementation is called (its sandbox process): ``--ce-timeout``, ``--ce-compile-timeout``,
-``--ce-memory-limit`` (MiB), ``--ce-framework``, ``--ce-triton-interpret``, ``--ce-device``.
+``--ce-memory-limit`` (MiB), ``--ce-framework``, ``--ce-triton-interpret``, ``--ce-device``;
+and what is graded: ``--ce-no-grad`` (the loss only) or ``--ce-grad-only`` (the backward only).
 The ``ce_stability`` marker skips nothing; it only labels tests (``-m ce_stability``).
 """
 
@@ -34,10 +35,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--ce-triton-interpret", action="store_true", default=None,
                     help="run Triton kernels on Triton's CPU interpreter")  # fmt: skip
     group.addoption("--ce-device", default=None, help="where implementations run (default cpu)")
+    group.addoption("--ce-no-grad", action="store_true", default=None,
+                       help="grade the loss only (default: the gradient too, where differentiable)")  # fmt: skip
+    group.addoption("--ce-grad-only", action="store_true", default=None,
+                       help="grade only the gradient with respect to the logits")  # fmt: skip
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "ce_stability: a cross-entropy stability check (ce-harness)")
+    if config.getoption("--ce-no-grad") and config.getoption("--ce-grad-only"):
+        raise pytest.UsageError("--ce-no-grad and --ce-grad-only exclude each other")
 
 
 @pytest.fixture
@@ -59,6 +66,10 @@ def ce_stability(request: pytest.FixtureRequest):
         "device": config.getoption("--ce-device"),
     }
     defaults.update({key: value for key, value in sandbox.items() if value is not None})
+    if config.getoption("--ce-no-grad"):
+        defaults["grad"] = False
+    if config.getoption("--ce-grad-only"):
+        defaults["grad_only"] = True
 
     def run(fn, **options) -> CheckResult:
         __tracebackhide__ = True

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from hypothesis import Phase, Verbosity, example, given, target
 from hypothesis import seed as hypothesis_seed
+from hypothesis.errors import Flaky
 from hypothesis.internal.conjecture import engine
 from tqdm import tqdm
 
@@ -189,11 +190,12 @@ def _search(formats, regimes, implementations, profile, seed, examples, max_clas
                 bar.update(examples)
                 continue
             shrinking = False
+            last_flagged: _Flagged | None = None  # the latest failure seen in this cell
             phases = [Phase.explicit, Phase.generate] + ([Phase.target] if targeted else [])
             phases += [Phase.shrink] if fails and shrink_left > 0 else []
 
             def visit(case: Case) -> None:
-                nonlocal shrinking
+                nonlocal shrinking, last_flagged
                 interrupts.check()  # a stop request ends the cell here, never inside foreign code
                 running = [subject] if shrinking and subject else implementations
                 records = run_case(case, running, policy, caller, quantities)
@@ -207,7 +209,8 @@ def _search(formats, regimes, implementations, profile, seed, examples, max_clas
                         on_case()
                 if failing:
                     shrinking = True
-                    raise _Flagged(case, failing[0])
+                    last_flagged = _Flagged(case, failing[0])
+                    raise last_flagged
                 if targeted:
                     # one target per implementation: a single shared score would be pinned by
                     # whichever implementation fails worst (naive's inf) and steer nothing else
@@ -231,26 +234,32 @@ def _search(formats, regimes, implementations, profile, seed, examples, max_clas
             try:
                 with _shrink_time_limit(min(shrink_left, CELL_SHRINK_SECONDS)), independent_of_local_constants():
                     body()
-            except _Flagged as flagged:
-                case, record = flagged.case, flagged.record
-                left = min(shrink_left - (time.perf_counter() - cell_start), CELL_MINIMIZE_SECONDS)
-                if subject is not None and fails is not None and left > 0:
-                    try:
-                        case, record = _minimized(flagged, subject, fails, policy, caller, left, quantities)
-                    except (interrupts.Interrupted, KeyboardInterrupt):
-                        result.interrupted = True
-                result.counterexamples.append(Counterexample(case, record))
-                if result.interrupted:
-                    result.cases.setdefault(case.case_id, case)  # stored, so its replay command works
-                    break
-                if case.case_id not in result.seen:
-                    result.seen.add(case.case_id)
-                    result.cases[case.case_id] = case
-                    result.records.extend(run_case(case, implementations, policy, caller, quantities))
+            except (_Flagged, Flaky) as raised:
+                # Flaky: a failure that did not recur when Hypothesis replayed it (a crash or
+                # a timeout that happens once); the failure it saw is still a counterexample
+                flagged = raised if isinstance(raised, _Flagged) else last_flagged
+                if flagged is None:
+                    result.errors.append(f"{fmt.name}/{regime}: {type(raised).__name__}: {str(raised).splitlines()[0]}")
+                else:
+                    case, record = flagged.case, flagged.record
+                    left = min(shrink_left - (time.perf_counter() - cell_start), CELL_MINIMIZE_SECONDS)
+                    if subject is not None and fails is not None and left > 0:
+                        try:
+                            case, record = _minimized(flagged, subject, fails, policy, caller, left, quantities)
+                        except (interrupts.Interrupted, KeyboardInterrupt):
+                            result.interrupted = True
+                    result.counterexamples.append(Counterexample(case, record))
+                    if result.interrupted:
+                        result.cases.setdefault(case.case_id, case)  # stored, so its replay command works
+                        break
+                    if case.case_id not in result.seen:
+                        result.seen.add(case.case_id)
+                        result.cases[case.case_id] = case
+                        result.records.extend(run_case(case, implementations, policy, caller, quantities))
             except (interrupts.Interrupted, KeyboardInterrupt):
                 result.interrupted = True
                 break
-            except Exception as exc:  # e.g. Hypothesis's Flaky: recorded, and the run goes on
+            except Exception as exc:  # the tool's own failure in this cell: recorded, and the run goes on
                 result.errors.append(f"{fmt.name}/{regime}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
             result.completed_cells.append((fmt.name, regime))
             if shrinking:

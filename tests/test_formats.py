@@ -1,4 +1,5 @@
 import math
+import random
 
 import mpmath
 import numpy as np
@@ -7,7 +8,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.formats import FORMATS, bit_pattern, format_of, parse_dtype, round_scaled, ulp_distance
+from harness.formats import FORMATS, bit_pattern, format_of, ordinals, parse_dtype, round_scaled, ulp_distance
 
 FP16, BF16, FP32, FP64 = (FORMATS[n] for n in ("float16", "bfloat16", "float32", "float64"))
 
@@ -127,3 +128,46 @@ def test_round_scaled_with_astronomical_exponents_is_instant(name):
     tiny = fmt.smallest_subnormal
     assert round_scaled(1, int(math.log2(tiny)) - 1, fmt) == 0.0  # half the smallest subnormal: ties to even
     assert round_scaled(1, int(math.log2(tiny)) - 1, fmt, sticky=True) == tiny
+
+
+def test_round_rational_matches_exact_rounding_and_breaks_ties_to_even():
+    from fractions import Fraction
+
+    from harness.formats import round_rational
+
+    rng = random.Random(5)
+    for _ in range(3000):
+        q = Fraction(rng.randint(1, 10**9), rng.randint(1, 10**9)) * Fraction(2) ** rng.randint(-160, 40)
+        q = -q if rng.random() < 0.5 else q
+        for fmt in FORMATS.values():
+            if abs(q) > fmt.max_finite:  # overflow: the explicit cases below
+                continue
+            got = round_rational(q, fmt)
+            # the nearest of the two neighbours (exact comparisons in rationals)
+            down = float(torch.tensor(float(q), dtype=torch.float64).to(fmt.dtype).to(torch.float64))
+            candidates = {down, *(float(v) for v in _neighbours_of(down, fmt))}
+            best = min(candidates, key=lambda v: abs(Fraction(v) - q) if math.isfinite(v) else math.inf)
+            assert abs(Fraction(got) - q) == abs(Fraction(best) - q), (q, fmt.name, got, best)
+    f16 = FORMATS["float16"]
+    assert round_rational(Fraction(-4095, 16384), f16) == -0.25  # a midpoint: ties to even
+    assert round_rational(Fraction(4093, 16384), f16) == 4092 / 16384  # 2046.5 / 8192 → 2046 (even)
+    assert round_rational(Fraction(1, 2**25), f16) == 0.0  # half the smallest subnormal: to even 0
+    assert round_rational(Fraction(3, 2**26), f16) == 2.0**-24  # above half the smallest subnormal
+    assert round_rational(Fraction(65520), f16) == math.inf  # the overflow boundary rounds to inf
+    assert round_rational(Fraction(65519), f16) == 65504.0
+
+
+def _neighbours_of(value: float, fmt):
+    """The two values one ULP ordinal away (harness.formats.ordinals orders every float of fmt)."""
+    ordinal = int(ordinals(torch.tensor([value], dtype=fmt.dtype))[0])
+    everything = [math.nan]
+    for step in (-1, 1):
+        target = ordinal + step
+        if abs(target) <= fmt.max_ordinal:
+            everything.append(_from_ordinal(target, fmt))
+    return everything
+
+
+def _from_ordinal(ordinal: int, fmt) -> float:
+    magnitude = torch.tensor([abs(ordinal)], dtype=torch.int64).to(fmt.int_dtype).view(fmt.dtype).to(torch.float64)
+    return -float(magnitude) if ordinal < 0 else float(magnitude)

@@ -193,3 +193,60 @@ def test_double_double_elements_agree_with_mpfr_on_large_float64_rows(op, monkey
     slow = run()
     assert not (slow.method == "double-double").any()
     assert np.array_equal(tiered.value, slow.value, equal_nan=True)
+
+
+def test_gradients_exactly_on_a_rounding_midpoint_are_decided():
+    """Tied logits give p_j = 1/n: entries can sit exactly on a midpoint, which no enclosure decides.
+
+    Hand-derived values, ties to even: (1/4096 − 1)/4 = −4095/16384 lies between the float16
+    neighbours −2047/8192 and −0.25 (even) → −0.25; bfloat16 1/512 − 1 = −255.5/256 → −1.0;
+    probability targets 1/4 − y_0 with y_0 = 6149/16384 give −1026.5·2^-13 → −1026·2^-13
+    (even, the smaller magnitude); in float32 1/4 − 2^-27 is the midpoint of 1/4 − 2^-26
+    (odd) and 1/4 → 0.25.
+    """
+    mean = gradient(torch.zeros(4, 4096, dtype=torch.float64), torch.zeros(4, dtype=torch.int64), None,
+                    LossOptions(reduction="mean"), 1.0, F16)  # fmt: skip
+    assert mean.certified.all()
+    assert (mean.value[:, 0] == -0.25).all() and (mean.value[:, 1:] == 2.0**-14).all()
+    single = gradient(torch.zeros(1, 512, dtype=torch.float64), torch.tensor([3]), None, LossOptions(),
+                      torch.tensor([1.0], dtype=torch.float64), BF16)  # fmt: skip
+    assert single.certified.all() and single.value[0, 3] == -1.0 and single.value[0, 0] == 2.0**-9
+    probs = torch.tensor([[6149 / 16384, 0.0, 0.0, 10235 / 16384]], dtype=torch.float64)
+    soft = gradient(torch.zeros(1, 4, dtype=torch.float64), None, probs, LossOptions(),
+                    torch.tensor([1.0], dtype=torch.float64), F16)  # fmt: skip
+    assert soft.certified.all()
+    assert list(soft.value[0]) == [-1026 * 2.0**-13, 0.25, 0.25, -1535 * 2.0**-12]
+    probs32 = torch.tensor([[2.0**-27, 0.0, 0.0, 1 - 2.0**-27]], dtype=torch.float64)
+    soft32 = gradient(torch.zeros(1, 4, dtype=torch.float64), None, probs32, LossOptions(),
+                      torch.tensor([1.0], dtype=torch.float64), F32)  # fmt: skip
+    assert soft32.certified.all() and list(soft32.value[0]) == [0.25, 0.25, 0.25, -0.75]
+
+
+@pytest.mark.parametrize("fmt", [F16, BF16, F32, F64], ids=lambda f: f.name)
+def test_tied_rows_with_options_match_the_definition(fmt):
+    """Tied rows (masked, weighted, smoothed, one live logit with z-loss, capped at 0 or not) against 2000 bits."""
+    rng = np.random.default_rng(17)
+    for _ in range(30):
+        n = int(rng.integers(1, 9))
+        value = float(rng.choice([0.0, 3.0, -7.5]))
+        x = [value] * n
+        for j in rng.choice(n, size=int(rng.integers(0, n)), replace=False):
+            x[j] = -INF
+        if all(v == -INF for v in x):
+            x[0] = value
+        target = int(rng.integers(0, n))
+        options = LossOptions(
+            weight=tuple(float(v) for v in rng.choice([0.5, 2.0, 3.0], size=n)) if rng.random() < 0.5 else None,
+            label_smoothing=float(rng.choice([0.0, 0.25, 0.1])),
+            z_loss=float(rng.choice([0.0, 2.0**-10])) if sum(v != -INF for v in x) == 1 else 0.0,
+            softcap=30.0 if value == 0.0 and rng.random() < 0.5 else None,
+        )
+        g = float(rng.choice([1.0, -0.5, 3.0, 2.0**-20]))
+        out = gradient(torch.tensor([x], dtype=torch.float64), torch.tensor([target]), None, options,
+                       torch.tensor([g], dtype=torch.float64), fmt)  # fmt: skip
+        assert out.certified.all(), (x, target, options, g)
+        expected = [_round(v, fmt) for v in reference(x, target, None, options, g)]
+        for got, want, exact in zip(out.value[0], expected, reference(x, target, None, options, g)):
+            # 2000 bits decide every entry except an exact midpoint, where the reference may land either side
+            if got != want:
+                assert abs(float(exact) - (got + want) / 2) <= abs(got - want) * 1e-12, (x, target, options, g)

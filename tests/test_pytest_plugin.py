@@ -71,3 +71,31 @@ def test_sandbox_options_reach_every_check(pytester):
     result = pytester.runpytest_subprocess("--ce-examples", "1", "--ce-timeout", "0.5", "-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*unstable, timeout*", "*no answer within 0.5 s*"])
+
+
+GRADIENT_USER_TEST = """
+import torch.nn.functional as F
+
+
+def doubled_gradient(logits, targets):
+    x = logits.float()
+    x = 2 * x - x.detach()  # the same value; twice the gradient
+    return F.cross_entropy(x, targets, reduction="none").to(logits.dtype)
+
+
+def test_doubled(ce_stability):
+    ce_stability(doubled_gradient, dtypes=["float32"], regimes=["moderate"])
+"""
+
+
+def test_gradient_options_choose_what_is_graded(pytester):
+    pytester.makepyfile(test_user=GRADIENT_USER_TEST)
+    base = ("--ce-examples", "2", "--ce-max-classes", "16", "-p", "no:cacheprovider")
+    graded = pytester.runpytest_subprocess(*base)
+    graded.assert_outcomes(failed=1)
+    graded.stdout.fnmatch_lines(["*in the gradient*"])
+    pytester.runpytest_subprocess(*base, "--ce-no-grad").assert_outcomes(passed=1)
+    pytester.runpytest_subprocess(*base, "--ce-grad-only").assert_outcomes(failed=1)
+    both = pytester.runpytest_subprocess(*base, "--ce-no-grad", "--ce-grad-only")
+    assert both.ret != 0
+    both.stderr.fnmatch_lines(["*--ce-no-grad and --ce-grad-only exclude each other*"])

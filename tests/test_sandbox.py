@@ -92,6 +92,15 @@ def test_a_killed_sandbox_restarts_and_repeated_deaths_are_skipped_then_retried(
         assert caller._sandboxes[impl.name].starts == 3
 
 
+def test_a_crash_that_does_not_recur_is_a_counterexample_not_a_tool_error(tmp_path, monkeypatch):
+    """Hypothesis replays a failing case and calls it Flaky when it passes: the crash it saw stands."""
+    monkeypatch.setenv("CE_HARNESS_TEST_MARK", str(tmp_path / "crashed"))
+    result = harness.check(H + "crashes_once", dtypes=["float32"], regimes=["moderate"], examples=5, grad=False)
+    assert not result.passed and result.errors == []
+    assert [c.record["outcome"] for c in result.counterexamples] == ["crashed"]
+    assert "exited with code 7" in result.counterexamples[0].record["message"]
+
+
 def test_exits_at_import_are_one_line_load_errors(capsys):
     for module, message in (("exits", "called sys.exit(3)"), ("hard_exit", "exited with code 4 while importing")):
         with pytest.raises(LoadError, match=message.replace("(", r"\(").replace(")", r"\)")):

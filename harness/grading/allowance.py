@@ -175,17 +175,29 @@ def gradient_allowance(
     fmt_in: Format,
     fmt_out: Format,
 ) -> np.ndarray:
-    """Per-element allowance of the gradient with respect to (N, C) logits (harness.oracle.gradient).
+    """Per-element allowance (in the gradient's units) of the gradient with respect to (N, C) logits.
 
-    A stable backward computes in at least float32 (float64 for float64 logits) and rounds
-    once to the gradient's dtype: u_w = min(u_in, 2**-24). Each element
-    g' ((K + 2 z lse) p_j − coef_j) then errs by at most g' times: the softmax element's
-    error Δp_j = p_j (u_w (A_j + 3) + n u_acc) (BHH Thm 4.3) scaled by its factor, the
-    subtraction of coef_j (u_w of both terms), z-loss's e(lse) p_j and the capped logits'
-    4 u_w c, and the products' roundings; a p_j that underflows the working precision
-    errs by its smallest subnormal sub_w in absolute terms (scaled by g'); rounding to the
-    output adds u_out |grad|, and an underflowing element may flush to its nearest subnormal. ``factors``: each row's
-    upstream factor g'_i (0 for ignored samples).
+    The oracle is harness.oracle.gradient. A stable backward computes in at least float32
+    (float64 for float64 logits) and rounds once to the gradient's dtype:
+    u_w = min(u_in, 2**-24). Each element g' s_j ((K + 2 z lse) p_j − coef_j) then errs by
+    at most g' times:
+
+    - the softmax element's error Δp_j = p_j (u_w (A_j + 3) + n u_acc) (Blanchard, Higham
+      & Higham 2021, Thm 4.3) times its coefficient, the subtraction of coef_j (u_w of both
+      terms), z-loss's 2 z e(lse) p_j and 2 z |lse| e(lse) p_j (autograd of the
+      log-sum-exp forms p_j = exp(x_j − lse) from the rounded lse), and the products'
+      roundings;
+    - a p_j that underflows the working precision: its smallest subnormal sub_w (absolute)
+      times |K| + |2 z lse|;
+    - soft-capping: the capped logits' 4 u_w c moves p_j by 8 u_w c relatively and lse by
+      4 u_w c; s_j = sech²(x_j / c) errs by (2 |x_j / c| + 1) s_j u_w from rounding x_j / c,
+      plus 5 u_w absolutely when computed as 1 − tanh² (torch's tanh backward), which is
+      all of s_j where tanh rounds to 1 (README "Gradients: the backward pass");
+
+    plus sub_w |s_j G_j| for a factor g' (g / W) that underflows the working precision,
+    u_out |grad| for the rounding to the output, and its smallest subnormal for an
+    element that flushes. ``factors``: each row's upstream factor g'_i (0 for ignored
+    samples). Returns an (N, C) float64 array (inf where a bound overflows).
     """
     n_rows, n = rows.shape
     u_w = min(fmt_in.unit_roundoff, ACCUMULATOR_ROUNDOFF)
@@ -225,16 +237,29 @@ def gradient_allowance(
         err = k * dp + p * n * u_acc * k + 3 * u_w * coef + u_w * (k * p + coef)
         magnitude = k * p + coef
     if z:
-        err = err + zl.abs() * dp + 2 * z * p * e_lse + 2 * u_w * (zl * p).abs()
+        # autograd of lse (torch.logsumexp's backward) forms p_j = exp(x_j − lse) from the
+        # rounded lse: p_j then errs by e(lse) relatively, not by u_w (A_j + 3)
+        err = err + zl.abs() * (dp + p * e_lse) + 2 * z * p * e_lse + 2 * u_w * (zl * p).abs()
         magnitude = magnitude + (zl * p).abs()
     err = err + u_w * magnitude
+    # an underflowing p_j is off by up to the working precision's smallest subnormal (absolute),
+    # float32's 2**-149 or float64's 2**-1074, times its coefficient K + 2 z lse
+    sub_w = 2.0**-1074 if u_w < ACCUMULATOR_ROUNDOFF else 2.0**-149
+    err = err + sub_w * (k.abs() + zl.abs())
     if options.softcap is not None:
-        s = torch.where(torch.isinf(raw), 0.0, 1.0 / torch.cosh(raw / options.softcap) ** 2)
-        err = s * (err + 4 * u_w * grad.abs() + 8 * u_w * options.softcap * p * (k + zl.abs()))
+        cap = options.softcap
+        q = torch.where(torch.isinf(raw), 0.0, raw / cap)
+        s = torch.where(torch.isinf(raw), 0.0, 1.0 / torch.cosh(q) ** 2)
+        # x' = c tanh(x/c) is within 4 u_w c: p_j moves by 2 × that relatively, lse by that
+        err = s * (err + 8 * u_w * cap * p * (k + zl.abs() + z))
+        # s_j = sech²(q): from rounding q it moves by 2|q| s u_w; computed as 1 − tanh²
+        # (torch's tanh backward) it is only absolutely accurate: 1 − t² with t within
+        # 2 u_w of tanh q is off by about 5 u_w, which is all of s where tanh q rounds to 1
+        s_err = s * (2 * q.abs() + 1) * u_w + 5 * u_w
+        err = err + s_err * grad.abs() + u_w * (s * grad).abs()
         grad = s * grad
     up = torch.as_tensor(np.abs(factors), dtype=torch.float64).unsqueeze(1)
-    # an underflowing p_j is off by up to the working precision's smallest subnormal (absolute)
-    # before the product with g': float32's 2**-149, float64's 2**-1074
-    sub_w = 2.0**-1074 if u_w < ACCUMULATOR_ROUNDOFF else 2.0**-149
-    total = SAFETY * up * (err * (1 + 2 * u_w) + sub_w) + u_out * (up * grad).abs() + fmt_out.smallest_subnormal
-    return total.numpy()
+    # the factor g' itself (g / W for a mean) underflows the working precision where it is
+    # tiny: off by up to sub_w absolutely, which scales the whole row
+    total = SAFETY * (up * err * (1 + 2 * u_w) + sub_w * grad.abs()) + u_out * (up * grad).abs()
+    return (total + fmt_out.smallest_subnormal).numpy()

@@ -160,7 +160,9 @@ class Expectations:
         # a zero upstream times a NaN row: the oracle's 0 or the NaN of 0 · NaN (the forward is NaN there)
         zero_times_nan = special_rows & (factors == 0)
         special = np.repeat(special_rows & ~zero_times_nan, n)
-        accept = np.repeat(zero_times_nan, n) if zero_times_nan.any() else None
+        overflow = _gradient_overflow(rows, targets, probs, options, factors, self.case.format) & live
+        accept_rows = zero_times_nan | overflow
+        accept = np.repeat(accept_rows, n) if accept_rows.any() else None
         return Expected(values, np.nan_to_num(allowed, nan=math.inf).reshape(-1), special, accept, reduction, n)
 
     def _loss(self, contract: Contract | None, reduction: str, fmt_out: Format) -> Expected:
@@ -236,6 +238,36 @@ def _intermediate_overflow(rows: torch.Tensor, options: LossOptions, fmt_in: For
         if options.z_loss:
             big |= torch.nan_to_num(lse * lse, nan=0.0) > working.max_finite
     return big.numpy()
+
+
+def _gradient_overflow(rows, targets, probs, options: LossOptions, factors: np.ndarray, fmt_in: Format) -> np.ndarray:
+    """Rows where g' (K + 2 z |lse|) overflows the working precision, so inf and NaN are acceptable.
+
+    Every usual backward scales a row by the upstream factor times a coefficient before the
+    softmax term (torch's nll_loss backward forms −w_t g, then inf − inf is NaN; fused
+    kernels form g w_t / W): a product beyond float32's range (float64's for float64
+    logits) is inf there even where the exact gradient is finite. K = Σ_j coef_j.
+    """
+    working = FORMATS["float64" if fmt_in.precision > 24 else "float32"]
+    n = rows.shape[1]
+    w = np.asarray(options.class_weights(n), dtype=np.float64)
+    eps = options.label_smoothing
+    with np.errstate(over="ignore", invalid="ignore"):
+        if probs is None:
+            t = targets.to(torch.int64).numpy()
+            safe_t = np.where(t == options.ignore_index, 0, t)
+            k = (1 - eps) * w[safe_t] + eps / n * w.sum()
+        else:
+            y = probs.detach().to(device="cpu", dtype=torch.float64).numpy()
+            k = (w * ((1 - eps) * y + eps / n)).sum(axis=1)
+        if options.z_loss:
+            x = rows.detach().to(device="cpu", dtype=torch.float64)
+            if options.softcap is not None:
+                x = options.softcap * torch.tanh(x / options.softcap)
+            lse = np.nan_to_num(torch.logsumexp(x, dim=1).numpy(), nan=0.0, posinf=0.0, neginf=0.0)
+            k = k + 2 * options.z_loss * np.abs(lse)
+        scale = np.abs(np.asarray(factors, dtype=np.float64)) * np.abs(k)
+    return np.nan_to_num(scale, nan=0.0) > working.max_finite
 
 
 def _fields(options: LossOptions) -> dict:

@@ -28,12 +28,13 @@ Two tiers: a float64 evaluation with a rigorous bound decides 16/32-bit outputs
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import gmpy2
 import numpy as np
 import torch
 
-from harness.formats import FORMATS, Format
+from harness.formats import FORMATS, Format, round_rational
 from harness.oracle.dd_elements import gradient_dd
 from harness.oracle.dd_tier import METHOD, PRECISION
 from harness.oracle.family import OracleArray
@@ -250,6 +251,52 @@ def _exact_total(values: list) -> gmpy2.mpfr:
     return _exact_sum(list(values))
 
 
+def _rational_row(sample: Sample, options: LossOptions, factor: tuple) -> list[Fraction | None] | None:
+    """The exact gradient of a row whose live logits all tie, where it is rational; else None.
+
+    Tied live logits give p_j = 1/n exactly, so the entries are rationals that may sit
+    exactly on a rounding midpoint (−(1 − 1/4096)/4 in float16), which no enclosure
+    decides. z-loss adds 2 z lse p_j, rational only for one live logit without capping
+    (lse = x; with two or more, lse = x + log n is transcendental); soft-capping multiplies
+    by sech²(x_j / c), rational only at x_j = 0. An entry that is irrational is None (the
+    enclosures decide it: it is no midpoint), except that an exact zero is 0.
+    """
+    x = sample.logits
+    cap, z, eps = options.softcap, options.z_loss, options.label_smoothing
+    live = np.ones(len(x), dtype=bool) if cap is not None else x != -math.inf
+    if len(np.unique(x[live])) != 1:
+        return None
+    n_live = int(live.sum())
+    tie = float(x[live][0])
+    if z and (n_live > 1 or (cap is not None and tie != 0)):
+        return None  # 2 z lse p_j is transcendental
+    n = len(x)
+    p = [Fraction(1, n_live) if k else Fraction(0) for k in live]
+    weights = [Fraction(w) for w in options.class_weights(n)]
+    lse = Fraction(tie) if cap is None else Fraction(0)  # used with one live logit only
+    numerator, denominator = factor
+    if denominator is not None and not (gmpy2.is_finite(denominator) and denominator != 0):
+        return None
+    up = Fraction(numerator) / (Fraction(1) if denominator is None else Fraction(gmpy2.mpq(denominator)))
+    if sample.probs is None:
+        t = sample.target
+        coef = [Fraction(0)] * n
+        for j in range(n):
+            coef[j] = Fraction(eps) / n * weights[j]
+        coef[t] += (1 - Fraction(eps)) * weights[t]
+    else:
+        coef = [
+            w * ((1 - Fraction(eps)) * Fraction(float(y)) + Fraction(eps) / n) for w, y in zip(weights, sample.probs)
+        ]
+    k = sum(coef) + 2 * Fraction(z) * lse
+    entries: list[Fraction | None] = []
+    for j in range(n):
+        g = up * (k * p[j] - coef[j])
+        rational = cap is None or x[j] == 0 or g == 0  # sech²(0) = 1; else transcendental
+        entries.append(g if rational else None)
+    return entries
+
+
 def _mpfr_row(sample: Sample, options: LossOptions, factor: tuple, fmt: Format, out: OracleArray, i: int,
               pending: np.ndarray) -> None:  # fmt: skip
     """Decide the pending elements of row i; ``factor`` = (numerator g, denominator W or None)."""
@@ -260,8 +307,14 @@ def _mpfr_row(sample: Sample, options: LossOptions, factor: tuple, fmt: Format, 
     if special is not None:
         out.set((i, slice(None)), special, special, True, 0, "special")
         return
-    prec = max(fmt.precision, 53) + START_GUARD_BITS
     todo = np.flatnonzero(pending)
+    rational = _rational_row(sample, options, factor)
+    if rational is not None:
+        decided = [j for j in todo.tolist() if rational[j] is not None]
+        for j in decided:
+            out.set((i, j), round_rational(rational[j], fmt), round_rational(rational[j], _F64), True, 0, "exact")
+        todo = np.array([j for j in todo.tolist() if rational[j] is None], dtype=np.int64)
+    prec = max(fmt.precision, 53) + START_GUARD_BITS
     numerator, denominator = factor
     while len(todo):
         terms = _row_terms(sample, options, prec, todo.tolist())
