@@ -77,6 +77,10 @@ GRADIENT_USER_TEST = """
 import torch.nn.functional as F
 
 
+def sound(logits, targets):
+    return F.cross_entropy(logits.float(), targets, reduction="none").to(logits.dtype)
+
+
 def doubled_gradient(logits, targets):
     x = logits.float()
     x = 2 * x - x.detach()  # the same value; twice the gradient
@@ -85,17 +89,26 @@ def doubled_gradient(logits, targets):
 
 def test_doubled(ce_stability):
     ce_stability(doubled_gradient, dtypes=["float32"], regimes=["moderate"])
+
+
+def test_graded_quantities(ce_stability):
+    result = ce_stability(sound, dtypes=["float32"], regimes=["moderate"])
+    print("QUANTITIES", ",".join(sorted(set(result.records["quantity"]))))
 """
 
 
 def test_gradient_options_choose_what_is_graded(pytester):
     pytester.makepyfile(test_user=GRADIENT_USER_TEST)
-    base = ("--ce-examples", "2", "--ce-max-classes", "16", "-p", "no:cacheprovider")
+    base = ("-s", "--ce-examples", "1", "--ce-max-classes", "16", "-p", "no:cacheprovider")
     graded = pytester.runpytest_subprocess(*base)
-    graded.assert_outcomes(failed=1)
-    graded.stdout.fnmatch_lines(["*in the gradient*"])
-    pytester.runpytest_subprocess(*base, "--ce-no-grad").assert_outcomes(passed=1)
-    pytester.runpytest_subprocess(*base, "--ce-grad-only").assert_outcomes(failed=1)
+    graded.assert_outcomes(passed=1, failed=1)
+    graded.stdout.fnmatch_lines(["*QUANTITIES grad,loss*", "*in the gradient*"])
+    no_grad = pytester.runpytest_subprocess(*base, "--ce-no-grad")
+    no_grad.assert_outcomes(passed=2)
+    no_grad.stdout.fnmatch_lines(["*QUANTITIES loss*"])
+    grad_only = pytester.runpytest_subprocess(*base, "--ce-grad-only")
+    grad_only.assert_outcomes(passed=1, failed=1)
+    grad_only.stdout.fnmatch_lines(["*QUANTITIES grad"])
     both = pytester.runpytest_subprocess(*base, "--ce-no-grad", "--ce-grad-only")
     assert both.ret != 0
     both.stderr.fnmatch_lines(["*--ce-no-grad and --ce-grad-only exclude each other*"])
