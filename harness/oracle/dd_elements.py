@@ -92,7 +92,7 @@ def family_dd(op: str, rows: torch.Tensor, fmt: Format) -> tuple[np.ndarray, np.
         vh, vm, vt, bound = _plus_log1p(m, np.zeros_like(m), y, yl, y_error)
         ok, value = _certify_signed(vh, vm, vt, bound, fmt)
         return ok & ordinary, value, vh
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):  # m − x_j beyond float64: not live, MPFR decides
         a, al = dd.two_sum(m[:, None], -x)  # exact: m − x_j (NaN at masked classes: not live)
     vh, vm, vt, bound = _plus_log1p(a, al, y[:, None], yl[:, None], y_error[:, None])
     live = np.isfinite(vh) & ordinary[:, None]
@@ -123,7 +123,7 @@ def gradient_dd(
     safe_t = np.where(ignored, 0, t)
     ordinary, m, argmax, y, yl, y_error = _rows_log1p(x)
     ordinary &= ~np.isposinf(x).any(axis=1) & np.isfinite(x[np.arange(n_rows), safe_t])
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):  # m − x_j beyond float64: not live, MPFR decides
         a, al = dd.two_sum(m[:, None], -x)
     vh, vm, vt, bound = _plus_log1p(a, al, y[:, None], yl[:, None], y_error[:, None])
     live = np.isfinite(vh) & ordinary[:, None]
