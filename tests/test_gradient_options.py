@@ -145,3 +145,31 @@ def test_a_weighted_mean_whose_factor_underflows_is_not_unstable():
 def _torch_cross_entropy(logits, targets, weight=None, reduction="mean", label_smoothing=0.0, **_):
     w = None if weight is None else weight.to(logits.dtype)
     return F.cross_entropy(logits, targets, weight=w, reduction=reduction, label_smoothing=label_smoothing)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_autograd_through_an_undetached_max_shift_passes(dtype):
+    """The seed notebook's stable version, x − max x with the max not detached: autograd sends
+    −Σ_k G_k (0 exactly, n rounded terms) to the row's maximum, an absolute error of about
+    n u there. It must pass; forgetting the one-hot (the same forward) must not."""
+    from harness.calling.implementations import stable
+
+    def forgets_one_hot(logits, targets):
+        shifted = logits - logits.max(dim=1, keepdim=True).values
+        log_sum_exp = torch.log(torch.exp(shifted).sum(dim=1, keepdim=True))
+        loss = -(shifted - log_sum_exp)[torch.arange(logits.shape[0]), targets]
+        return loss.detach() + (log_sum_exp.squeeze(1) - log_sum_exp.squeeze(1).detach())
+
+    rng = np.random.default_rng(3)
+    options = LossOptions(reduction="none")
+    for n in (33, 237, 1000):
+        rows = rng.standard_normal((4, n)) * float(rng.choice([0.01, 1.0]))
+        rows = torch.tensor(rows).to(FORMATS[dtype].dtype).double()
+        targets = [int(v) for v in rng.integers(0, n, size=4)]
+        upstream = [1.0, -3.0, 2.0**20, 0.5]
+        assert grade(_plain(stable), rows, targets, dtype, options, upstream)["verdict"] != "unstable", n
+        assert grade(_plain(forgets_one_hot), rows, targets, dtype, options, upstream)["verdict"] == "unstable"
+
+
+def _plain(fn):
+    return lambda logits, targets, **_: fn(logits, targets)

@@ -194,6 +194,9 @@ def gradient_allowance(
       plus 5 u_w absolutely when computed as 1 − tanh² (torch's tanh backward), which is
       all of s_j where tanh rounds to 1 (README "Gradients: the backward pass");
 
+    - at the row's maximum: n u_acc Σ_k |G_k| + Σ_k of the errors above, the gradient of a
+      max shift that autograd differentiates (x − max x not detached: −Σ_k G_k, 0 exactly);
+
     plus sub_w |s_j G_j| for a factor g' (g / W) that underflows the working precision,
     u_out |grad| for the rounding to the output, and its smallest subnormal for an
     element that flushes. ``factors``: each row's upstream factor g'_i (0 for ignored
@@ -246,6 +249,13 @@ def gradient_allowance(
     # float32's 2**-149 or float64's 2**-1074, times its coefficient K + 2 z lse
     sub_w = 2.0**-1074 if u_w < ACCUMULATOR_ROUNDOFF else 2.0**-149
     err = err + sub_w * (k.abs() + zl.abs())
+    # autograd through a max shift that is not detached (the seed notebook's x − max x):
+    # the gradient of the shift, −Σ_k G_k, is 0 exactly but sums n rounded terms, and lands
+    # on the row's maximum: an absolute n u_acc Σ_k |G_k| + Σ_k err_k there
+    with np.errstate(invalid="ignore"):
+        at_max = (x == x.max(dim=1, keepdim=True).values) & torch.isfinite(x)
+    shift_err = n * u_acc * grad.abs().sum(dim=1, keepdim=True) + err.sum(dim=1, keepdim=True)
+    err = err + torch.where(at_max, shift_err, 0.0)
     if options.softcap is not None:
         cap = options.softcap
         q = torch.where(torch.isinf(raw), 0.0, raw / cap)
