@@ -306,9 +306,16 @@ def _report_end(report: AuditReport, args: argparse.Namespace, what: str = "repo
 
 def _export_reproducers(report: AuditReport, implementations, folder: Path) -> None:
     """Write an audit's minimal reproducers as pytest files; a file not written is a write error."""
-    written, problems = export_reproducers(report.out, implementations, folder)
+    written, notes, errors = export_reproducers(report.out, implementations, folder)
+    _print_exported(written, notes, folder)
+    report.write_errors.extend(errors)
+
+
+def _print_exported(written: list[Path], notes: list[str], folder: Path) -> None:
+    """How many tests were written, then one line per counterexample that cannot be a test (not an error)."""
     print(f"exported {len(written)} test{'s' * (len(written) != 1)} to {folder}", file=sys.stderr)
-    report.write_errors.extend(problems)
+    for note in notes:
+        print(f"harness: {note}", file=sys.stderr)
 
 
 # audit options that set what the campaign computes: --resume takes them from the folder
@@ -370,14 +377,10 @@ def _export(result, impl, folder: Path | None, max_ulps: float) -> list[str]:
     """Write check's counterexamples as pytest files in ``folder``; one line per file not written."""
     if folder is None:
         return []
-    items = [(cx.case, cx.record, impl) for cx in result.counterexamples if cx.record.get("quantity") != "grad"]
-    written, problems = export_tests(folder, items, max_ulps=max_ulps)
-    print(f"exported {len(written)} test{'s' * (len(written) != 1)} to {folder}", file=sys.stderr)
-    gradients = len(result.counterexamples) - len(items)
-    if gradients:  # tests of the loss only, so far: the gradient's are replayed instead
-        print(f"harness: {gradients} gradient counterexample{'s' * (gradients != 1)} not exported "
-              "(exported tests check the loss; replay them)", file=sys.stderr)  # fmt: skip
-    return problems
+    items = [(cx.case, cx.record, impl) for cx in result.counterexamples]
+    written, notes, errors = export_tests(folder, items, max_ulps=max_ulps)
+    _print_exported(written, notes, folder)
+    return errors
 
 
 def _check_case(args: argparse.Namespace, argv: Sequence[str], impl, sandbox: SandboxSettings) -> int:

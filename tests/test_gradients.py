@@ -13,7 +13,7 @@ from harness.baseline import compare, statistics
 from harness.calling.caller import Caller
 from harness.calling.loading import load_implementation
 from harness.cli import main
-from harness.export import ExportError, reproducer_source
+from harness.export import reproducer_source
 from harness.replay import replay_case
 from harness.runner import run_case
 from reports.store import load_records
@@ -173,9 +173,11 @@ def test_cli_grad_flags_replay_baseline_and_export(tmp_path, capsys):
     assert "gradient [" in text and "[same bits as recorded]" in text and "DIFFERS" not in text
     assert main(["check", "torch", "--no-grad", "--grad-only", "--examples", "1"]) == 2
     assert "not allowed with argument" in capsys.readouterr().err
-    case = Case.from_json(json.loads((out / "cases.jsonl").read_text().splitlines()[0]))
-    with pytest.raises(ExportError, match="gradient"):
-        reproducer_source(case, failing.to_dict(), _impl("upcast"))
+    cases = {c.case_id: c for c in map(Case.from_json, map(json.loads, (out / "cases.jsonl").read_text().splitlines()))}
+    text = reproducer_source(cases[failing["case_id"]], failing.to_dict(),
+                             load_implementation("tests/test_gradients.py:ignores_grad_output"))  # fmt: skip
+    assert "logits.requires_grad_(True)" in text and "in the gradient" in text  # a test of the gradient (test_export)
+    compile(text, "exported.py", "exec")
     html = (out / "report.html").read_text()
     assert "(gradient)" in html
 
