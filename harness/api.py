@@ -404,6 +404,7 @@ def check(
             raise ValueError(str(exc)) from None
         impl, reference = _declared(_implementation(fn, name, [graded.format], sandbox), k_dimensional,
                                     contiguous_only, contract)  # fmt: skip
+        check_gradient_request(impl, quantities)
         with sandbox.caller() as caller:
             return _check_case(impl, reference, graded, policy, caller, quantities)
     formats = _formats(dtypes)
@@ -415,6 +416,7 @@ def check(
     if max_classes is not None and max_classes < 2:
         raise ValueError(f"max_classes must be >= 2, got {max_classes}")
     impl, reference = _declared(_implementation(fn, name, formats, sandbox), k_dimensional, contiguous_only, contract)
+    check_gradient_request(impl, quantities)
     if not impl.k_dimensional:
         if regimes is not None and "layout" in chosen:
             raise ValueError(f"regime 'layout' needs k_dimensional=True: {impl.name} takes only (N, C) logits")
@@ -453,6 +455,13 @@ def check(
             quantities=quantities,
         )
     return _result(impl, reference, policy, found, quantities)
+
+
+def check_gradient_request(impl: Implementation, quantities: tuple[str, ...]) -> None:
+    """grad_only on the softmax family is a usage error: only cross entropy's backward is graded."""
+    if quantities == ("grad",) and impl.op != "cross_entropy":
+        raise ValueError(f"grad_only: gradients are graded for cross entropy only, and {impl.name} computes "
+                         f"{impl.op} (without grad_only its forward is graded)")  # fmt: skip
 
 
 def _quantities(grad: bool, grad_only: bool) -> tuple[str, ...]:

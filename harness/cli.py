@@ -24,7 +24,7 @@ from pathlib import Path
 
 from harness import baseline as baselines
 from harness import interrupts
-from harness.api import check, with_contract_settings
+from harness.api import check, check_gradient_request, with_contract_settings
 from harness.bench import run_bench
 from harness.calling.caller import DEFAULT_COMPILE_TIMEOUT, DEFAULT_MEMORY_LIMIT_MIB, DEFAULT_TIMEOUT
 from harness.calling.frameworks import FRAMEWORKS
@@ -454,6 +454,10 @@ def _check(args: argparse.Namespace, argv: Sequence[str]) -> int:
                                       output_dtype=args.output_dtype and args.output_dtype.name)  # fmt: skip
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    try:
+        check_gradient_request(impl, tuple(_quantities(args)))
+    except ValueError as exc:
+        raise UsageError(str(exc).replace("grad_only", "--grad-only")) from None
     if args.case:
         return _check_case(args, argv, impl, sandbox)
     regimes = audit_settings([impl], dtypes=formats, regimes=args.regime, max_classes=max_classes,

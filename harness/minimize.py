@@ -21,6 +21,7 @@ bounds the whole pass; what was reached by then is returned.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -183,12 +184,15 @@ def _simpler(value: float, fill: float, fmt) -> list[float]:
     out = [0.0, fill, math.copysign(1.0, value)]
     if value:
         magnitude = math.log2(abs(value))
-        out += [math.copysign(2.0 ** math.floor(magnitude), value), math.copysign(2.0 ** math.ceil(magnitude), value)]
+        # ldexp, not 2.0 ** k: the power above a float64 near its maximum overflows (an error, not inf)
+        powers = (math.floor(magnitude), math.ceil(magnitude))
+        out += [math.copysign(math.ldexp(1.0, k), value) for k in powers if k <= 1023]
         out.append(float(round(value)))
         mantissa, exponent = math.frexp(value)
         for bits in (1, 2, 4, 8, 16):
             if bits < fmt.precision:
-                out.append(math.ldexp(round(mantissa * 2**bits) / 2**bits, exponent))
+                with contextlib.suppress(OverflowError):  # a mantissa rounded up past the largest float64
+                    out.append(math.ldexp(round(mantissa * 2**bits) / 2**bits, exponent))
     exact = torch.tensor(out, dtype=torch.float64).to(fmt.dtype).to(torch.float64).tolist()
     return [v for v in dict.fromkeys(exact) if v != value and math.isfinite(v)]
 

@@ -173,3 +173,30 @@ def test_autograd_through_an_undetached_max_shift_passes(dtype):
 
 def _plain(fn):
     return lambda logits, targets, **_: fn(logits, targets)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_z_loss_past_the_working_range_accepts_inf_and_nan(dtype):
+    """lse = 1.7e38: autograd of z · lse² forms lse² (inf in float32): the forward is inf, and the
+    gradient may be inf or NaN where the exact one (2 z lse p_j) is finite."""
+    rows = [[1.7e38, 0.0, -3.0]]
+    options = LossOptions(z_loss=1e-4, reduction="none")
+    for name in kernels.SOUND:
+        assert grade(getattr(kernels, name), rows, [1], dtype, options, [256.0])["verdict"] != "unstable", name
+
+
+@pytest.mark.parametrize("weights", [None, (0.0, 1.0, 1.0)])
+def test_a_mean_over_no_weight_accepts_zero_and_nan_gradients(weights):
+    """All samples ignored, or zero weight at every target: the mean is 0/0 = NaN; the oracle's
+    gradient is 0 (no row contributes: torch returns 0) and NaN is accepted too."""
+    rows = [[1.0, 0.0, 2.0], [0.5, 0.5, 0.0]]
+    targets = [-100, -100] if weights is None else [0, 0]
+    options = LossOptions(weight=weights, reduction="mean")
+
+    def returns_nan(logits, targets, weight=None, reduction="mean", **_):
+        loss = _torch_cross_entropy(logits, targets, weight=weight, reduction=reduction)
+        return loss + (logits - logits.detach()).sum() * torch.nan  # the same value, a NaN gradient
+
+    for fn in (_torch_cross_entropy, kernels.autograd_tanh_cap, returns_nan):
+        result = grade(fn, rows, targets, "float32", options, 1.0)
+        assert result["verdict"] == "ok", (fn.__name__, result)

@@ -226,3 +226,11 @@ def test_a_large_common_offset_does_not_absorb_the_allowance():
 def test_grad_only_on_an_implementation_that_is_not_differentiable_grades_nothing():
     result = harness.check(f"{PROBES}:detached", dtypes=["float32"], regimes=["moderate"], examples=2, grad_only=True)
     assert not result.passed and any("no gradient was graded" in e for e in result.errors)
+
+
+def test_grad_only_on_the_softmax_family_is_a_usage_error(capsys):
+    """Only cross entropy's backward is graded: --grad-only on log_softmax would grade nothing."""
+    assert main(["check", "torch.log_softmax", "--grad-only", "--dtype", "float32", "--examples", "1"]) == 2
+    assert "gradients are graded for cross entropy only" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="cross entropy only"):
+        harness.check("torch.softmax", grad_only=True, dtypes=["float32"], examples=1)

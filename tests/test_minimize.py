@@ -98,3 +98,16 @@ def test_no_time_means_the_case_as_it_came():
     case = Case(torch.tensor([[1e4, 1.0, 2.0]]), torch.tensor([1]), "huge")
     found, _ = _shrink("naive", case, seconds=0.0)
     assert found.case.case_id == case.case_id and not found.reduced and not found.complete
+
+
+def test_simpler_values_of_the_largest_floats_do_not_overflow():
+    """2.0 ** ceil(log2 |v|) overflows (an OverflowError) for float64 values above 2**1023."""
+    from harness.formats import FORMATS
+    from harness.minimize import _simpler
+
+    for value in (1.7976931348623157e308, -1.7e308, 2.0**1023, 3.0e38):
+        for fmt in FORMATS.values():
+            if abs(value) > fmt.max_finite:
+                continue
+            simpler = _simpler(value, 0.0, fmt)
+            assert simpler[0] == 0.0 and all(math.isfinite(v) and v != value for v in simpler)

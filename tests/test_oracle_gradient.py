@@ -250,3 +250,9 @@ def test_tied_rows_with_options_match_the_definition(fmt):
             # 2000 bits decide every entry except an exact midpoint, where the reference may land either side
             if got != want:
                 assert abs(float(exact) - (got + want) / 2) <= abs(got - want) * 1e-12, (x, target, options, g)
+
+
+def test_a_negative_gradient_that_rounds_to_zero_is_minus_zero():
+    out = gradient(torch.tensor([[0.0, -200.0, 5.0]], dtype=torch.float64), torch.tensor([2]), None, LossOptions(),
+                   torch.tensor([-3.0], dtype=torch.float64), F32)  # fmt: skip
+    assert out.value[0, 1] == 0.0 and math.copysign(1.0, out.value[0, 1]) == -1.0  # −3 · e^-205 rounds to −0

@@ -94,6 +94,11 @@ def test_doubled(ce_stability):
 def test_graded_quantities(ce_stability):
     result = ce_stability(sound, dtypes=["float32"], regimes=["moderate"])
     print("QUANTITIES", ",".join(sorted(set(result.records["quantity"]))))
+
+
+def test_own_choice_wins(ce_stability):
+    result = ce_stability(sound, dtypes=["float32"], regimes=["moderate"], grad=False)
+    assert set(result.records["quantity"]) == {"loss"}
 """
 
 
@@ -101,13 +106,13 @@ def test_gradient_options_choose_what_is_graded(pytester):
     pytester.makepyfile(test_user=GRADIENT_USER_TEST)
     base = ("-s", "--ce-examples", "1", "--ce-max-classes", "16", "-p", "no:cacheprovider")
     graded = pytester.runpytest_subprocess(*base)
-    graded.assert_outcomes(passed=1, failed=1)
+    graded.assert_outcomes(passed=2, failed=1)
     graded.stdout.fnmatch_lines(["*QUANTITIES grad,loss*", "*in the gradient*"])
     no_grad = pytester.runpytest_subprocess(*base, "--ce-no-grad")
-    no_grad.assert_outcomes(passed=2)
+    no_grad.assert_outcomes(passed=3)
     no_grad.stdout.fnmatch_lines(["*QUANTITIES loss*"])
     grad_only = pytester.runpytest_subprocess(*base, "--ce-grad-only")
-    grad_only.assert_outcomes(passed=1, failed=1)
+    grad_only.assert_outcomes(passed=2, failed=1)  # a test's own grad=False overrides --ce-grad-only
     grad_only.stdout.fnmatch_lines(["*QUANTITIES grad"])
     both = pytester.runpytest_subprocess(*base, "--ce-no-grad", "--ce-grad-only")
     assert both.ret != 0

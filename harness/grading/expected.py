@@ -149,7 +149,9 @@ class Expectations:
             else:
                 weights = options.class_weights(n)
                 denominator = math.fsum(weights[t] for t in targets[torch.from_numpy(live)].tolist())
-            factors = np.full(n_rows, float(up[0]) / denominator if denominator else math.inf)
+            # a mean over no weight is 0/0: the oracle's rows are 0 (no row contributes), NaN accepted
+            factors = np.full(n_rows, float(up[0]) / denominator if denominator else 0.0)
+        no_weight = reduction == "mean" and probs is None and not denominator
         factors = np.where(live, factors, 0.0)
         with np.errstate(invalid="ignore", over="ignore"):
             allowed = gradient_allowance(rows, targets, probs, options, factors, self.case.format, fmt_out)
@@ -161,7 +163,7 @@ class Expectations:
         zero_times_nan = special_rows & (factors == 0)
         special = np.repeat(special_rows & ~zero_times_nan, n)
         overflow = _gradient_overflow(rows, targets, probs, options, factors, self.case.format) & live
-        accept_rows = zero_times_nan | overflow
+        accept_rows = zero_times_nan | overflow | no_weight
         accept = np.repeat(accept_rows, n) if accept_rows.any() else None
         return Expected(values, np.nan_to_num(allowed, nan=math.inf).reshape(-1), special, accept, reduction, n)
 
@@ -241,7 +243,9 @@ def _intermediate_overflow(rows: torch.Tensor, options: LossOptions, fmt_in: For
 
 
 def _gradient_overflow(rows, targets, probs, options: LossOptions, factors: np.ndarray, fmt_in: Format) -> np.ndarray:
-    """Rows where g' (K + 2 z |lse|) overflows the working precision, so inf and NaN are acceptable.
+    """Rows where g' (K + 2 z |lse|), or z-loss's lse², 2 lse or g' lse, overflows the working precision.
+
+    There inf and NaN are acceptable.
 
     Every usual backward scales a row by the upstream factor times a coefficient before the
     softmax term (torch's nll_loss backward forms −w_t g, then inf − inf is NaN; fused
@@ -260,14 +264,18 @@ def _gradient_overflow(rows, targets, probs, options: LossOptions, factors: np.n
         else:
             y = probs.detach().to(device="cpu", dtype=torch.float64).numpy()
             k = (w * ((1 - eps) * y + eps / n)).sum(axis=1)
+        up = np.abs(np.asarray(factors, dtype=np.float64))
+        big = np.zeros(len(k), dtype=bool)
         if options.z_loss:
             x = rows.detach().to(device="cpu", dtype=torch.float64)
             if options.softcap is not None:
                 x = options.softcap * torch.tanh(x / options.softcap)
-            lse = np.nan_to_num(torch.logsumexp(x, dim=1).numpy(), nan=0.0, posinf=0.0, neginf=0.0)
-            k = k + 2 * options.z_loss * np.abs(lse)
-        scale = np.abs(np.asarray(factors, dtype=np.float64)) * np.abs(k)
-    return np.nan_to_num(scale, nan=0.0) > working.max_finite
+            lse = np.abs(np.nan_to_num(torch.logsumexp(x, dim=1).numpy(), nan=0.0, posinf=0.0, neginf=0.0))
+            k = k + 2 * options.z_loss * lse
+            # autograd of z · lse² forms lse², 2 lse or g lse: inf past the working range
+            big |= np.nan_to_num(np.maximum(lse * lse, np.maximum(2.0, up) * lse), nan=0.0) > working.max_finite
+        scale = up * np.abs(k)
+    return big | (np.nan_to_num(scale, nan=0.0) > working.max_finite)
 
 
 def _fields(options: LossOptions) -> dict:

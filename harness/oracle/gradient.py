@@ -15,7 +15,9 @@ per-sample outputs with drawn upstream gradients g_i, g · Σ_i L_i for "sum" an
 g · Σ_i L_i / W for "mean" (W as in harness.oracle.options), so each row is scaled by its
 upstream factor g'_i = g_i, g or g / W.
 
-Special values: an ignored sample's row is exactly 0; a row holding NaN, +inf (without
+Special values: an ignored sample's row is exactly 0, and so is every row of a mean whose
+denominator W is 0 (all samples ignored, or zero weight at every target: the loss is
+0/0 = NaN, and harness.grading.expected accepts NaN there too); a row holding NaN, +inf (without
 soft-capping) or only −inf is NaN; a −inf logit (without soft-capping) has p_j = 0, so its
 entry is −g' coef_j: exactly 0 where its coefficient is 0 ("0 at masked logits"; torch's
 autograd gives NaN there in some ops: pytorch#31829, #49724). Where a positive
@@ -354,7 +356,7 @@ def _certify_signed(value: torch.Tensor, err: torch.Tensor, fmt: Format) -> tupl
     keeps_sign = (value - err > 0) | (value + err < 0)
     to_zero = hi < fmt.smallest_subnormal / 2  # the whole enclosure rounds to ±0
     sign = torch.where(value < 0, -1.0, 1.0)
-    return (inside & keeps_sign) | to_zero, torch.where(to_zero, 0.0, candidate * sign)
+    return (inside & keeps_sign) | to_zero, torch.where(to_zero, 0.0 * sign, candidate * sign)  # −0 below 0
 
 
 def fast_gradient(rows, targets, probs, options: LossOptions, upstream: torch.Tensor, fmt: Format,
@@ -476,6 +478,8 @@ def gradient(
         live = [s for s in samples if not s.ignored(options)]
         denominator = _denominator(samples, live, options) if options.reduction == "mean" else None
         factors = [(g, denominator)] * n_rows
+        if denominator == 0:  # a mean over no weight: the loss is 0/0 = NaN; no row contributes
+            factors = [(0.0, None)] * n_rows
         if denominator is None:
             up64 = torch.full((n_rows,), g, dtype=torch.float64)
         else:
@@ -485,7 +489,7 @@ def gradient(
                 if probs is not None
                 else math.fsum(1.0 if options.weight is None else weights[s.target] for s in live)
             )  # within (N − 1) u
-            up64 = torch.full((n_rows,), g / w if w else math.inf, dtype=torch.float64)
+            up64 = torch.full((n_rows,), g / w if w else 0.0, dtype=torch.float64)
     out = OracleArray.empty((n_rows, n))
     pending = np.ones((n_rows, n), dtype=bool)
     if fmt.precision < 53 and n_rows and (options.reduction != "mean" or math.isfinite(float(up64[0]))):
