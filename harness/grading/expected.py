@@ -238,7 +238,7 @@ def _intermediate_overflow(rows: torch.Tensor, options: LossOptions, fmt_in: For
             w = torch.tensor(options.class_weights(rows.shape[1]), dtype=torch.float64)
             big |= (w * a).sum(dim=1) > working.max_finite
         if options.z_loss:
-            big |= torch.nan_to_num(lse * lse, nan=0.0) > working.max_finite
+            big |= (lse * lse) > working.max_finite  # inf counts (nan_to_num would make it the largest float)
     return big.numpy()
 
 
@@ -273,9 +273,9 @@ def _gradient_overflow(rows, targets, probs, options: LossOptions, factors: np.n
             lse = np.abs(np.nan_to_num(torch.logsumexp(x, dim=1).numpy(), nan=0.0, posinf=0.0, neginf=0.0))
             k = k + 2 * options.z_loss * lse
             # autograd of z · lse² forms lse², 2 lse or g lse: inf past the working range
-            big |= np.nan_to_num(np.maximum(lse * lse, np.maximum(2.0, up) * lse), nan=0.0) > working.max_finite
+            big |= np.maximum(lse * lse, np.maximum(2.0, up) * lse) > working.max_finite  # NaN compares False
         scale = up * np.abs(k)
-    return big | (np.nan_to_num(scale, nan=0.0) > working.max_finite)
+    return big | (scale > working.max_finite)
 
 
 def _fields(options: LossOptions) -> dict:
