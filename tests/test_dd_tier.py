@@ -46,14 +46,25 @@ def _agree(logits: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype) -> l
     return tiered
 
 
-@settings(max_examples=2000, deadline=None)
-@given(cases(max_classes=24))
-def test_agrees_with_mpmath_only_for_float64_outputs(case):
+def _agrees_for_float64_outputs(case) -> None:
     # every regime (special, tiny, huge, offset, masked, ...) and input dtype, float64 outputs
     _agree(case.row_logits, case.row_targets, torch.float64)
     mean_a = oracle.mean_loss(case.row_logits, case.row_targets, torch.float64)
     mean_b = oracle.mean_loss(case.row_logits, case.row_targets, torch.float64, tiers=("mpmath",))
     assert _same(mean_a.value, mean_b.value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(cases(max_classes=24))
+def test_agrees_with_mpmath_only_for_float64_outputs(case):
+    _agrees_for_float64_outputs(case)
+
+
+@pytest.mark.slow
+@settings(max_examples=2000, deadline=None)
+@given(cases(max_classes=24))
+def test_agrees_with_mpmath_only_for_float64_outputs_on_2000_cases(case):
+    _agrees_for_float64_outputs(case)
 
 
 @settings(max_examples=25, deadline=None)

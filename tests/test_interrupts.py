@@ -2,8 +2,9 @@
 
 The old handlers raised KeyboardInterrupt inside whatever code was running; in a garbage
 collector callback (Hypothesis has one) that exception is printed and swallowed, and the
-run went on. Here the loop sends SIGINT or SIGTERM at random moments of real runs and
-checks each one stops with a partial report that resumes to the uninterrupted records.
+run went on. Here SIGINT or SIGTERM comes at four chosen moments of real runs (and, with
+--run-slow, at random ones) and each run must stop with a partial report that resumes to
+the uninterrupted records.
 """
 
 from __future__ import annotations
@@ -135,45 +136,109 @@ def _records(folder: Path) -> pd.DataFrame:
     return pd.read_csv(folder / "records.csv").drop(columns=TIMING)
 
 
-def interrupt_loop(tries: int, root: Path, seed: int) -> dict[str, int]:
-    """SIGINT or SIGTERM at a random moment of ``tries`` runs; each must stop with a partial report
-    (exit 130) that resumes to the uninterrupted run's records. Returns the outcomes' counts."""
-    rng = random.Random(seed)
+def _reference(root: Path) -> tuple[pd.DataFrame, float]:
+    """The uninterrupted run's records, and how long it took (seconds)."""
     reference = root / "reference"
     start = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "harness", *RUN, "--out", str(reference)], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    length = time.monotonic() - start
-    expected = _records(reference)
-    outcomes: dict[str, int] = {}
-    for attempt in range(tries):
-        out = root / f"try{attempt}"
-        signum = rng.choice([signal.SIGINT, signal.SIGTERM])
-        delay = rng.uniform(0.3, length)  # from interpreter start-up to the final report
-        process = subprocess.Popen([sys.executable, "-m", "harness", *RUN, "--out", str(out)], cwd=ROOT,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
-        time.sleep(delay)
+    return _records(reference), time.monotonic() - start
+
+
+def _stop_and_resume(out: Path, signum: int, when, expected: pd.DataFrame, where: str) -> str:
+    """Run RUN into ``out``, send ``signum`` once ``when(out)`` returns, and check the stop: a partial
+    report (exit 130) that resumes to ``expected``, or (the run was over) a complete one. Returns the stage."""
+    process = subprocess.Popen([sys.executable, "-m", "harness", *RUN, "--out", str(out)], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        when(out)
         process.send_signal(signum)
         _, err = process.communicate(timeout=120)  # a lost signal would let the run go on; it is short anyway
-        where = f"try {attempt}: {signal.Signals(signum).name} at {delay:.1f} s"
-        if process.returncode == 0:  # the run had finished before the signal came
-            assert json.loads((out / "manifest.json").read_text())["status"] == "complete", where
-            outcomes["finished before the signal"] = outcomes.get("finished before the signal", 0) + 1
-            continue
-        assert process.returncode == 130, f"{where}: exit {process.returncode}: {err}"
-        assert "Traceback" not in err and "Exception ignored" not in err, f"{where}: {err}"
-        manifest = json.loads((out / "manifest.json").read_text())
-        assert manifest["status"] == "partial", where
-        assert not list(out.glob(".*.tmp")), where
-        assert main(["audit", "--resume", str(out), "--quiet"]) == 0, where
-        pd.testing.assert_frame_equal(expected, _records(out), obj=where)
-        stage = f"stopped after {len(manifest['cells'])} of 6 cells" if len(manifest["cells"]) < 6 else \
-            "stopped in the self-check, shrinking or final report"  # fmt: skip
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    where = f"{where}: {signal.Signals(signum).name}"
+    if process.returncode == 0:  # the run had finished before the signal came
+        assert json.loads((out / "manifest.json").read_text())["status"] == "complete", where
+        return "finished before the signal"
+    assert process.returncode == 130, f"{where}: exit {process.returncode}: {err}"
+    assert "Traceback" not in err and "Exception ignored" not in err, f"{where}: {err}"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "partial", where
+    assert not list(out.glob(".*.tmp")), where
+    assert main(["audit", "--resume", str(out), "--quiet"]) == 0, where
+    pd.testing.assert_frame_equal(expected, _records(out), obj=where)
+    if len(manifest["cells"]) < 6:
+        return f"stopped after {len(manifest['cells'])} of 6 cells"
+    return "stopped in the self-check, shrinking or final report"
+
+
+def interrupt_loop(tries: int, root: Path, seed: int) -> dict[str, int]:
+    """SIGINT or SIGTERM at a random moment of ``tries`` runs; each must stop with a partial report
+    (exit 130) that resumes to the uninterrupted run's records. Returns the outcomes' counts."""
+    rng = random.Random(seed)
+    expected, length = _reference(root)
+    outcomes: dict[str, int] = {}
+    for attempt in range(tries):
+        signum = rng.choice([signal.SIGINT, signal.SIGTERM])
+        delay = rng.uniform(0.3, length)  # from interpreter start-up to the final report
+        stage = _stop_and_resume(root / f"try{attempt}", signum, lambda out, delay=delay: time.sleep(delay),
+                                 expected, f"try {attempt} at {delay:.1f} s")  # fmt: skip
         outcomes[stage] = outcomes.get(stage, 0) + 1
     return outcomes
 
 
+def _until(out: Path, condition, seconds: float = 300) -> None:
+    """Return as soon as the folder's manifest.json (atomically replaced at each checkpoint) meets ``condition``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if condition(json.loads((out / "manifest.json").read_text())):
+                return
+        except (OSError, ValueError):
+            pass  # not written yet
+        time.sleep(0.01)
+    raise AssertionError(f"{out}: the run never reached the moment to signal")
+
+
+def _before_the_first_cell(out: Path) -> None:
+    _until(out, lambda manifest: True)  # written before any cell runs: the folder resumes from the start
+
+
+def _in_the_second_cell(out: Path) -> None:
+    _until(out, lambda manifest: len(manifest["cells"]) >= 1)  # the first cell's checkpoint: the second runs
+
+
+def _in_shrinking(out: Path) -> None:
+    # the checkpoint written after the self-check, just before shrinking starts
+    _until(out, lambda manifest: len(manifest["cells"]) == 6 and manifest["oracle_self_checked"] > 0)
+
+
+def _after_finishing(out: Path) -> None:
+    _until(out, lambda manifest: manifest["status"] == "complete")  # the final report: the process is exiting
+
+
+# four moments of a run, each with the stage a stop there must end in
+MOMENTS = {
+    "before the first cell": (_before_the_first_cell, signal.SIGINT, {"stopped after 0 of 6 cells"}),
+    "mid-cell": (_in_the_second_cell, signal.SIGTERM, {f"stopped after {k} of 6 cells" for k in range(1, 6)}),
+    "in shrinking": (_in_shrinking, signal.SIGINT, {"stopped in the self-check, shrinking or final report"}),
+    "after finishing": (_after_finishing, signal.SIGTERM, {"finished before the signal"}),
+}
+
+
+def test_interrupts_at_four_moments_stop_and_resume(tmp_path):
+    """The fast counterpart of the random-moment loops below: a stop before the first cell, in the
+    second, while shrinking, and a signal after the final report, each in a real ``python -m harness``."""
+    expected, _ = _reference(tmp_path)
+    for moment, (when, signum, stages) in MOMENTS.items():
+        stage = _stop_and_resume(tmp_path / moment.replace(" ", "-"), signum, when, expected, moment)
+        assert stage in stages, f"{moment}: {stage}"
+
+
+@pytest.mark.slow
 def test_interrupts_at_random_moments_stop_and_resume(tmp_path):
     outcomes = interrupt_loop(8, tmp_path, seed=16)
     print(outcomes)

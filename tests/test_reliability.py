@@ -91,8 +91,8 @@ def test_bad_usage_is_one_line_exit_2(args, message, capsys):
 
 
 def test_corrupt_report_is_a_usage_error(tmp_path, capsys):
-    assert main(["audit", "--examples", "2", "--max-classes", "64", "--regime", "huge", "--quiet",
-                 "--shrink-seconds", "0", "--out", str(tmp_path)]) == 0  # fmt: skip
+    assert main(["audit", "--impl", "stable", "--dtype", "float32", "--examples", "2", "--max-classes", "64",
+                 "--regime", "huge", "--quiet", "--shrink-seconds", "0", "--out", str(tmp_path)]) == 0  # fmt: skip
     case_id = json.loads((tmp_path / "cases.jsonl").read_text().splitlines()[0])["case_id"]
     (tmp_path / "cases.jsonl").write_text('{"case_id": "x", "bits": "%%%"}\n')
     assert main(["replay", str(tmp_path), case_id]) == 2
@@ -125,8 +125,8 @@ def test_oracle_self_check_disagreement_is_a_tool_error(tmp_path, monkeypatch, c
         return certified, values * 2 + 1, estimates
 
     monkeypatch.setattr(oracle_module, "certify_rows", off_by_a_lot)
-    code = main(["audit", "--examples", "3", "--max-classes", "64", "--dtype", "float32", "--regime", "moderate",
-                 "--quiet", "--shrink-seconds", "0", "--out", str(tmp_path)])  # fmt: skip
+    code = main(["audit", "--impl", "stable", "--examples", "3", "--max-classes", "64", "--dtype", "float32",
+                 "--regime", "moderate", "--quiet", "--shrink-seconds", "0", "--out", str(tmp_path)])  # fmt: skip
     assert code == 3
     assert "TOOL ERROR: oracle self-check" in capsys.readouterr().err
     manifest = json.loads((tmp_path / "manifest.json").read_text())
@@ -154,9 +154,10 @@ def test_oracle_self_check_covers_vocabulary_size_rows(tmp_path, monkeypatch, ca
     assert flagged and all(records.loc[[c], "n_classes"].iloc[0] > 4096 for c in flagged)
 
 
+# eight cells of six cases, every call 20 ms or more: half a second after the first checkpoint, mid-run
 SLOW_AUDIT = ["-m", "harness", "audit", "--impl", "tests.implementations.faulty:slow", "--dtype", "float32",
-              "--dtype", "float64", "--examples", "6", "--max-classes", "64", "--quiet",
-              "--shrink-seconds", "0"]  # fmt: skip
+              "--dtype", "float64", "--regime", "moderate", "--regime", "huge", "--regime", "ties", "--regime",
+              "masked", "--examples", "6", "--max-classes", "64", "--quiet", "--shrink-seconds", "0"]  # fmt: skip
 TIMING = list(TIMING_COLUMNS)
 
 

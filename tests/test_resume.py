@@ -249,7 +249,7 @@ def test_a_worker_killed_mid_cell_is_retried_once(executor, tmp_path, monkeypatc
     if executor == "dask":
         pytest.importorskip("distributed")
     impls = ["stable", "tests.implementations.faulty:dies_in_worker"]
-    small = {**CAMPAIGN, "regimes": ["moderate", "huge"]}  # two float64 cells, which it kills
+    small = {**CAMPAIGN, "regimes": ["moderate"]}  # a float32 cell, and a float64 one, which it kills
     monkeypatch.setenv("HARNESS_TEST_MAIN_PID", str(os.getpid()))  # its sandboxes' parent here: never killed
     reference = audit(impls, out=tmp_path / "inprocess", **small)
     assert reference.exit_code == 0
@@ -265,14 +265,14 @@ def test_a_worker_killed_mid_cell_is_retried_once(executor, tmp_path, monkeypatc
     always = audit(impls, out=tmp_path / "always", executor=executor, workers=2, **small)
     assert always.exit_code == 3 and always.status == "partial"
     manifest = _manifest(tmp_path / "always")
-    assert manifest["failed_cells"] == [["float64", "moderate"], ["float64", "huge"]]
-    assert len(manifest["tool_errors"]) == 2 and all("died" in e for e in manifest["tool_errors"])
+    assert manifest["failed_cells"] == [["float64", "moderate"]]
+    assert len(manifest["tool_errors"]) == 1 and "died" in manifest["tool_errors"][0]
     if executor == "pool":
         assert "died on each of its 2 attempts (killed by SIGKILL" in manifest["tool_errors"][0]
     pd.testing.assert_frame_equal(_records(tmp_path / "always"),
                                   expected[expected["dtype"] == "float32"].reset_index(drop=True))  # fmt: skip
     # the failed cells are not finished: a resume runs them again (here they die again)
-    assert [(c["dtype"], c["regime"]) for c in manifest["cells"]] == [("float32", "moderate"), ("float32", "huge")]
+    assert [(c["dtype"], c["regime"]) for c in manifest["cells"]] == [("float32", "moderate")]
 
 
 def _children(pid: int) -> list[int]:
