@@ -209,7 +209,7 @@ def by_option(records: pd.DataFrame) -> pd.DataFrame:
     """
     if "options" not in records:
         return pd.DataFrame(columns=["option", "value", "records", "share", "unstable", "unstable_rate"])
-    exercised = records[records["options"].fillna("").astype(str) != ""]
+    exercised = records[records["options"].notna() & (records["options"].astype(str) != "")]
     if exercised.empty:
         return pd.DataFrame(columns=["option", "value", "records", "share", "unstable", "unstable_rate"])
     values = option_values(exercised).assign(unstable=(exercised["verdict"] == "unstable").to_numpy())

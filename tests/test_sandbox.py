@@ -3,6 +3,7 @@ tensors cross the process boundary exactly, and the protocol carries what later 
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -92,10 +93,13 @@ def test_a_killed_sandbox_restarts_and_repeated_deaths_are_skipped_then_retried(
         assert caller._sandboxes[impl.name].starts == 3
 
 
-def test_a_crash_that_does_not_recur_is_a_counterexample_not_a_tool_error(tmp_path, monkeypatch):
+def test_a_crash_that_does_not_recur_is_a_counterexample_not_a_tool_error(tmp_path):
     """Hypothesis replays a failing case and calls it Flaky when it passes: the crash it saw stands."""
-    monkeypatch.setenv("CE_HARNESS_TEST_MARK", str(tmp_path / "crashed"))
-    result = harness.check(H + "crashes_once", dtypes=["float32"], regimes=["moderate"], examples=5, grad=False)
+    from tests.implementations import hostile
+
+    crashes_once = functools.partial(hostile.crashes_once, mark=str(tmp_path / "crashed"))
+    result = harness.check(crashes_once, name="crashes_once", dtypes=["float32"], regimes=["moderate"], examples=5,
+                           grad=False)  # fmt: skip
     assert not result.passed and result.errors == []
     assert [c.record["outcome"] for c in result.counterexamples] == ["crashed"]
     assert "exited with code 7" in result.counterexamples[0].record["message"]

@@ -80,10 +80,9 @@ def exits_at_call(logits, targets):
     sys.exit(3)
 
 
-def crashes_once(logits, targets):
-    """Hard-exits on its first call ever (a marker file at $CE_HARNESS_TEST_MARK), then answers right:
-    Hypothesis's replay of the failing case passes, which it reports as Flaky."""
-    mark = os.environ["CE_HARNESS_TEST_MARK"]
+def crashes_once(logits, targets, *, mark: str):
+    """Hard-exits on its first call ever (no file at ``mark`` yet), then answers right: Hypothesis's
+    replay of the failing case passes, which it reports as Flaky. Bind ``mark`` with functools.partial."""
     if not os.path.exists(mark):
         open(mark, "w").close()
         os._exit(7)
