@@ -61,7 +61,16 @@ class _IdentityCap(torch.autograd.Function):
         return grad, None
 
 
-def _cross_entropy(x, logits, targets, weight, ignore_index, reduction, label_smoothing, z_loss, lse_fn):
+def _tanh_cap(x, cap):
+    return cap * torch.tanh(x / cap)  # autograd's backward: 1 − tanh²
+
+
+def _cross_entropy(logits, targets, weight, ignore_index, reduction, label_smoothing, z_loss, softcap, cap_fn,
+                   lse_fn):  # fmt: skip
+    """The loss in float32 (float64): capped by ``cap_fn``, z-loss through ``lse_fn``, reduced, in the logits' dtype."""
+    x = _wide(logits)
+    if softcap is not None:
+        x = cap_fn(x, softcap)
     w = None if weight is None else weight.to(x.dtype)
     ce = F.cross_entropy(x, targets, weight=w, ignore_index=ignore_index, reduction="none",
                          label_smoothing=label_smoothing)  # fmt: skip
@@ -82,36 +91,26 @@ def _cross_entropy(x, logits, targets, weight, ignore_index, reduction, label_sm
 
 def autograd_tanh_cap(logits, targets, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
                       z_loss=0.0, softcap=None):  # fmt: skip
-    x = _wide(logits)
-    if softcap is not None:
-        x = softcap * torch.tanh(x / softcap)
-    return _cross_entropy(x, logits, targets, weight, ignore_index, reduction, label_smoothing, z_loss,
-                          lambda v: torch.logsumexp(v, dim=1))  # fmt: skip
+    return _cross_entropy(logits, targets, weight, ignore_index, reduction, label_smoothing, z_loss, softcap,
+                          _tanh_cap, lambda v: torch.logsumexp(v, dim=1))  # fmt: skip
 
 
 def accurate_sech2_cap(logits, targets, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
                        z_loss=0.0, softcap=None):  # fmt: skip
-    x = _wide(logits)
-    if softcap is not None:
-        x = _AccurateCap.apply(x, softcap)
-    return _cross_entropy(x, logits, targets, weight, ignore_index, reduction, label_smoothing, z_loss, _shifted_lse)
+    return _cross_entropy(logits, targets, weight, ignore_index, reduction, label_smoothing, z_loss, softcap,
+                          _AccurateCap.apply, _shifted_lse)  # fmt: skip
 
 
 def cap_gradient_forgets_sech2(logits, targets, weight=None, ignore_index=-100, reduction="mean",
                                label_smoothing=0.0, z_loss=0.0, softcap=None):  # fmt: skip
-    x = _wide(logits)
-    if softcap is not None:
-        x = _IdentityCap.apply(x, softcap)
-    return _cross_entropy(x, logits, targets, weight, ignore_index, reduction, label_smoothing, z_loss, _shifted_lse)
+    return _cross_entropy(logits, targets, weight, ignore_index, reduction, label_smoothing, z_loss, softcap,
+                          _IdentityCap.apply, _shifted_lse)  # fmt: skip
 
 
 def z_loss_detached(logits, targets, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
                     z_loss=0.0, softcap=None):  # fmt: skip
-    x = _wide(logits)
-    if softcap is not None:
-        x = softcap * torch.tanh(x / softcap)
-    return _cross_entropy(x, logits, targets, weight, ignore_index, reduction, label_smoothing, z_loss,
-                          lambda v: _shifted_lse(v).detach())  # fmt: skip
+    return _cross_entropy(logits, targets, weight, ignore_index, reduction, label_smoothing, z_loss, softcap,
+                          _tanh_cap, lambda v: _shifted_lse(v).detach())  # fmt: skip
 
 
 SOUND = ("autograd_tanh_cap", "accurate_sech2_cap")
